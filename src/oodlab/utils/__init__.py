@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic files, manifests, errors, progress, hashing, path patterns."""
