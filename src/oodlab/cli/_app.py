@@ -1,0 +1,44 @@
+"""The typer application and the decorator that ties each command to its library function."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import typer
+
+app = typer.Typer(
+    name="oodlab",
+    help=(
+        "Where does a CLIP model's out-of-distribution accuracy come from? "
+        "Embed data, measure train-test similarity, prune and deduplicate training sets, "
+        "train and evaluate CLIP on them. Start with `oodlab demo OUT`."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+store_app = typer.Typer(help="Inspect and check embedding stores.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+#: command name -> "module:function" it calls (checked by tests/test_cli.py)
+TARGETS: dict[str, str] = {}
+
+
+def command(group: typer.Typer, name: str, target: str) -> Callable[[Callable], Callable]:
+    """Register a CLI command that is a thin layer over ``target`` ("module:function")."""
+
+    def deco(fn: Callable) -> Callable:
+        prefix = "store " if group is store_app else ""
+        TARGETS[prefix + name] = target
+        group.command(name)(fn)
+        return fn
+
+    return deco
+
+
+def call(target: str, **kwargs):
+    """Import ``module:function`` and call it (keeps heavy imports out of ``--help``)."""
+    import importlib
+
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)(**kwargs)

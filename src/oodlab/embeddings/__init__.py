@@ -1,0 +1,5 @@
+"""The embedding store (clip-retrieval layout plus an ``oodlab.json`` sidecar) and ``embed``."""
+
+from oodlab.embeddings.store import Chunk, EmbeddingStore, store_info, validate_store
+
+__all__ = ["Chunk", "EmbeddingStore", "store_info", "validate_store"]
