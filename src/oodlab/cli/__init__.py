@@ -29,9 +29,12 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     try:
-        app(standalone_mode=False)
+        # click returns the code of a ``typer.Exit`` instead of exiting when not standalone
+        code = app(standalone_mode=False)
     except OodlabError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        from rich.markup import escape
+
+        console.print(f"[bold red]error:[/] {escape(str(err))}", soft_wrap=True)
         sys.exit(2)
     except typer.Exit as exit_:
         sys.exit(exit_.exit_code)
@@ -45,6 +48,7 @@ def main() -> None:
             err.show()
             sys.exit(err.exit_code)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 __all__ = ["app", "main"]

@@ -89,49 +89,62 @@ def check_member_path(tar_path: str | Path, name: str) -> None:
         )
 
 
+_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
+_END_OF_ARCHIVE = b"\0" * 1024
+
+
 def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
     """Stream the samples of one tar, grouping consecutive members by key.
 
     Skips ``__*__`` housekeeping members and directories. Memory holds one sample at a time.
 
     Raises:
-        TruncatedShardError: the tar ends inside a member; every complete sample before it has
-            been yielded.
+        TruncatedShardError: the tar ends inside a member or lacks its end-of-archive marker
+            (tarfile accepts a tar cut at a block boundary silently); every complete sample
+            before the damage has been yielded.
         InputError: a member is a link or special file, or its path escapes the folder.
     """
     path = Path(path)
     current: RawSample | None = None
-    try:
-        with tarfile.open(path, "r|*") as tar:
-            for member in tar:
-                if member.isdir():
-                    continue
-                check_member_path(path, member.name)
-                if not member.isfile():
-                    raise InputError(path, f"member {member.name!r} is a link or special file", "re-create the shard")
-                key, ext = split_member_name(member.name)
-                handle = tar.extractfile(member)
-                data = handle.read() if handle is not None else b""
-                if len(data) != member.size:
-                    raise tarfile.ReadError("unexpected end of data")
-                if PurePosixPath(key).name.startswith("__"):
-                    continue
-                if current is not None and key != current.key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = RawSample(key=key, shard=str(path))
-                if ext in current.members:
-                    raise InputError(path, f"sample {key} has two {ext!r} members", "re-create the shard")
-                current.members[ext] = data
-                tar.members = []  # streaming: do not keep every header in memory
-    except (tarfile.ReadError, EOFError) as err:
-        # the sample being read when the damage was hit may lack members: it is not yielded
-        raise TruncatedShardError(
-            path,
-            f"truncated or corrupt tar ({err}); the samples before the damage were read",
-            "re-download or re-create this shard",
-        ) from err
+    with open(path, "rb") as raw:
+        compressed = raw.read(6).startswith(_COMPRESSED_MAGIC)
+        raw.seek(0)
+        try:
+            with tarfile.open(fileobj=raw, mode="r|*") as tar:
+                for member in tar:
+                    if member.isdir():
+                        continue
+                    check_member_path(path, member.name)
+                    if not member.isfile():
+                        raise InputError(path, f"member {member.name!r} is a link or special file", "re-create the shard")
+                    key, ext = split_member_name(member.name)
+                    handle = tar.extractfile(member)
+                    data = handle.read() if handle is not None else b""
+                    if len(data) != member.size:
+                        raise tarfile.ReadError("unexpected end of data")
+                    if PurePosixPath(key).name.startswith("__"):
+                        continue
+                    if current is not None and key != current.key:
+                        yield current
+                        current = None
+                    if current is None:
+                        current = RawSample(key=key, shard=str(path))
+                    if ext in current.members:
+                        raise InputError(path, f"sample {key} has two {ext!r} members", "re-create the shard")
+                    current.members[ext] = data
+                    tar.members = []  # streaming: do not keep every header in memory
+                end = tar.offset
+            if not compressed:
+                raw.seek(end)
+                if raw.read(len(_END_OF_ARCHIVE)) != _END_OF_ARCHIVE:
+                    raise tarfile.ReadError("no end-of-archive marker")
+        except (tarfile.ReadError, EOFError) as err:
+            # the sample being read when the damage was hit may lack members: it is not yielded
+            raise TruncatedShardError(
+                path,
+                f"truncated or corrupt tar ({err}); the samples before the damage were read",
+                "re-download or re-create this shard",
+            ) from err
     if current is not None:
         yield current
 

@@ -59,7 +59,7 @@ class Advance:
 def summary(message: str) -> None:
     """Print the one-line summary of a stage (suppressed with ``OODLAB_QUIET=1``)."""
     if not _quiet():
-        console.print(message)
+        console.print(message, soft_wrap=True)
 
 
 class Timer:

@@ -1,0 +1,5 @@
+"""``python -m oodlab`` runs the CLI."""
+
+from oodlab.cli import main
+
+main()

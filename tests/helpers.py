@@ -1,0 +1,63 @@
+"""Builders of small test inputs shared by the test modules (imported, not fixtures)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from oodlab.data.shards import ShardWriter, make_key
+
+
+def jpeg_bytes(rng: np.random.Generator, size: int = 64) -> bytes:
+    """A random but smooth image (so JPEG keeps it recognisable), as JPEG bytes."""
+    small = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((size, size), Image.BILINEAR)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def write_shards(folder: Path, n_shards: int, per_shard: int, seed: int = 0) -> list[Path]:
+    """img2dataset-style shards with jpg/txt/json members; captions 'a photo of item N'."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for s in range(n_shards):
+        with ShardWriter(folder, f"{s:05d}") as w:
+            for i in range(per_shard):
+                key = make_key(s, i)
+                caption = f"a photo of item {s * per_shard + i}"
+                meta = {"key": key, "caption": caption, "status": "success", "label": int(i % 3)}
+                w.write(key, {"jpg": jpeg_bytes(rng), "txt": caption.encode(), "json": json.dumps(meta).encode()},
+                        {"caption": caption, "status": "success"})
+        paths.append(folder / f"{s:05d}.tar")
+    return paths
+
+
+def write_image_folder(root: Path, classes: dict[str, int], seed: int = 0, ext: str = ".jpg") -> None:
+    rng = np.random.default_rng(seed)
+    for name, n in classes.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / name / f"{name}_{i:03d}{ext}").write_bytes(jpeg_bytes(rng))
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_clip_retrieval_folder(root: Path, parts: list[np.ndarray], keys: list[list[str]], key_column: str = "image_path",
+                                width: int = 2) -> None:
+    """A store exactly as clip-retrieval writes it: fp16 npy + metadata parquet, no sidecar."""
+    (root / "img_emb").mkdir(parents=True)
+    (root / "metadata").mkdir(parents=True)
+    for i, (emb, k) in enumerate(zip(parts, keys)):
+        np.save(root / "img_emb" / f"img_emb_{i:0{width}d}.npy", emb.astype(np.float16))
+        table = pa.table({key_column: k, "caption": [f"caption {x}" for x in k]})
+        pq.write_table(table, root / "metadata" / f"metadata_{i:0{width}d}.parquet")

@@ -1,0 +1,141 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from oodlab.embeddings.embed import embed
+from oodlab.embeddings.store import EmbeddingStore, validate_store
+from oodlab.models import load_model
+from oodlab.utils.errors import IncompatibleError, InputError
+from tests.helpers import write_image_folder, write_shards
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _reference_image_embeddings(paths, model="tiny-vit"):
+    """Independent computation: open_clip's own preprocess + encode_image, one image at a time."""
+    loaded = load_model(model)
+    out = []
+    with torch.inference_mode():
+        for p in paths:
+            x = loaded.preprocess(Image.open(p).convert("RGB")).unsqueeze(0)
+            f = loaded.model.encode_image(x)[0].numpy()
+            out.append(f / np.linalg.norm(f))
+    return np.stack(out)
+
+
+def test_folder_embeddings_match_open_clip(tmp_path):
+    write_image_folder(tmp_path / "imgs", {"cat": 5, "dog": 4})
+    sidecar = embed([tmp_path / "imgs"], tmp_path / "store", images_per_part=4, workers=0, batch_size=3)
+    store = EmbeddingStore(tmp_path / "store")
+    emb, keys = store.read_all()
+    paths = [tmp_path / "imgs" / k for k in keys]
+    ref = _reference_image_embeddings(paths)
+    assert np.abs(emb - ref).max() < 2e-3  # float16 storage
+    meta = store.read_metadata().to_pandas()
+    assert meta["image_path"].tolist() == sorted(keys.tolist())
+    assert meta["class_name"].tolist() == [k.split("/")[0] for k in keys]
+    assert meta["label"].tolist() == [0] * 5 + [1] * 4
+    assert sidecar["count"] == 9 and len(sidecar["parts"]) == 3 and sidecar["model"]["architecture"] == "tiny-vit"
+    assert validate_store(tmp_path / "store") == []
+
+
+def test_shard_text_embeddings_match_open_clip(tmp_path):
+    write_shards(tmp_path / "shards", 2, 5)
+    embed([str(tmp_path / "shards" / "{00000..00001}.tar")], tmp_path / "store", text=True, workers=2, batch_size=4)
+    store = EmbeddingStore(tmp_path / "store")
+    text, keys = store.read_all(text=True)
+    meta = store.read_metadata().to_pandas()
+    loaded = load_model("tiny-vit")
+    with torch.inference_mode():
+        ref = loaded.model.encode_text(loaded.tokenizer(meta["caption"].tolist())).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.abs(text - ref).max() < 2e-3
+    assert keys.tolist() == [f"{s:05d}{i:04d}" for s in range(2) for i in range(5)]
+    assert meta["label"].tolist() == [i % 3 for _ in range(2) for i in range(5)]  # json fields become columns
+
+
+def test_corrupt_images_are_skipped_and_listed(tmp_path):
+    write_image_folder(tmp_path / "imgs", {"a": 3})
+    (tmp_path / "imgs" / "a" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    good = (tmp_path / "imgs" / "a" / "a_000.jpg").read_bytes()
+    (tmp_path / "imgs" / "a" / "cut.jpg").write_bytes(good[: len(good) // 2])
+    sidecar = embed([tmp_path / "imgs"], tmp_path / "store", workers=0)
+    assert sidecar["count"] == 3
+    assert sorted(s["key"] for s in sidecar["skipped"]) == ["a/broken.jpg", "a/cut.jpg"]
+    assert all(s["reason"] for s in sidecar["skipped"])
+
+
+def test_truncated_tar_is_reported_by_name(tmp_path):
+    paths = write_shards(tmp_path / "shards", 2, 6)
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) // 2])
+    sidecar = embed([tmp_path / "shards"], tmp_path / "store", workers=0)
+    (trunc,) = sidecar["truncated_shards"]
+    assert trunc["source"] == str(paths[1]) and "00001.tar" in trunc["error"]
+    assert 6 < sidecar["count"] < 12  # all of shard 0 and the complete samples of shard 1
+
+
+def _run_cli_embed(shards, out):
+    env = dict(os.environ, OODLAB_QUIET="1")
+    cmd = [sys.executable, "-m", "oodlab", "embed", str(shards), "--out", str(out), "--workers", "0", "--batch-size", "1"]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_clean_run(tmp_path):
+    n_shards = 16
+    write_shards(tmp_path / "shards", n_shards, 12)
+    out = tmp_path / "killed"
+    proc = _run_cli_embed(tmp_path / "shards", out)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((out / "stats").glob("part_*.json"))) < 2:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "stats").glob("part_*.json")))
+    assert 2 <= done_before < n_shards, "the kill must land mid-run"
+    assert not (out / "oodlab.json").exists()
+    sidecar = embed([tmp_path / "shards"], out, workers=0, batch_size=1)
+    clean = tmp_path / "clean"
+    embed([tmp_path / "shards"], clean, workers=0, batch_size=1)
+    killed, fresh = _tree_bytes(out), _tree_bytes(clean)
+    assert killed.keys() == fresh.keys()  # no temporaries left behind
+    assert killed == fresh
+    assert sidecar["count"] == n_shards * 12
+
+
+def test_resume_refuses_another_model(tmp_path):
+    write_image_folder(tmp_path / "imgs", {"a": 3})
+    embed([tmp_path / "imgs"], tmp_path / "store", workers=0)
+    with pytest.raises(IncompatibleError, match="another model"):
+        embed([tmp_path / "imgs"], tmp_path / "store", model="tiny-rn", workers=0)
+    embed([tmp_path / "imgs"], tmp_path / "store", model="tiny-rn", workers=0, overwrite=True)
+    assert EmbeddingStore(tmp_path / "store").model["architecture"] == "tiny-rn"
+
+
+def test_duplicate_keys_across_sources_are_refused(tmp_path):
+    write_image_folder(tmp_path / "x", {"a": 2})
+    write_image_folder(tmp_path / "y", {"a": 2}, seed=1)
+    with pytest.raises(InputError, match="keys occur more than once"):
+        embed([tmp_path / "x", tmp_path / "y"], tmp_path / "store", workers=0)
+
+
+def test_bad_sources(tmp_path):
+    with pytest.raises(InputError, match="matches no file"):
+        embed([tmp_path / "nothing-{0..3}.tar"], tmp_path / "store")
+    write_image_folder(tmp_path / "imgs", {"a": 1})
+    with pytest.raises(InputError, match="needs captions"):
+        embed([tmp_path / "imgs"], tmp_path / "store", text=True)
