@@ -18,6 +18,7 @@ from oodlab.utils.errors import OodlabError
 # Each module registers its commands on ``app`` (one module per pipeline stage).
 from oodlab.cli import data as _data  # noqa: E402,F401
 from oodlab.cli import embeddings as _embeddings  # noqa: E402,F401
+from oodlab.cli import similarity as _similarity  # noqa: E402,F401
 from oodlab.cli import demo as _demo  # noqa: E402,F401
 
 

@@ -42,3 +42,18 @@ def call(target: str, **kwargs):
 
     module, func = target.split(":")
     return getattr(importlib.import_module(module), func)(**kwargs)
+
+
+def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
+    """``["a=x", "b=y"]`` -> ``{"a": "x", "b": "y"}``; a clear error for malformed or repeated names."""
+    from oodlab.utils.errors import InputError
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(None, f"{flag} {item!r} is not NAME=VALUE", f"write e.g. {flag} val=stores/val")
+        if name in out:
+            raise InputError(None, f"{flag} names {name!r} twice", "give each a distinct name")
+        out[name] = value
+    return out
