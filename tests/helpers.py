@@ -61,3 +61,26 @@ def write_clip_retrieval_folder(root: Path, parts: list[np.ndarray], keys: list[
         np.save(root / "img_emb" / f"img_emb_{i:0{width}d}.npy", emb.astype(np.float16))
         table = pa.table({key_column: k, "caption": [f"caption {x}" for x in k]})
         pq.write_table(table, root / "metadata" / f"metadata_{i:0{width}d}.parquet")
+
+
+def kill_9_midway(cmd: list[str], progress, at_least: int, cwd: Path, timeout: float = 120.0) -> int:
+    """Start ``cmd``, SIGKILL it once ``progress()`` (a count of completed units) reaches
+    ``at_least``, and return the count found after the kill."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    env = dict(os.environ, OODLAB_QUIET="1")
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + timeout
+    while time.time() < deadline and progress() < at_least and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return progress()
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` (relative path -> bytes), to compare two outputs exactly."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}

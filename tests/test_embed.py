@@ -1,9 +1,4 @@
-import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +10,7 @@ from oodlab.embeddings.embed import embed
 from oodlab.embeddings.store import EmbeddingStore, validate_store
 from oodlab.models import load_model
 from oodlab.utils.errors import IncompatibleError, InputError
-from tests.helpers import write_image_folder, write_shards
+from tests.helpers import kill_9_midway, tree_bytes, write_image_folder, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,34 +79,20 @@ def test_truncated_tar_is_reported_by_name(tmp_path):
     assert 6 < sidecar["count"] < 12  # all of shard 0 and the complete samples of shard 1
 
 
-def _run_cli_embed(shards, out):
-    env = dict(os.environ, OODLAB_QUIET="1")
-    cmd = [sys.executable, "-m", "oodlab", "embed", str(shards), "--out", str(out), "--workers", "0", "--batch-size", "1"]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_clean_run(tmp_path):
     n_shards = 16
     write_shards(tmp_path / "shards", n_shards, 12)
     out = tmp_path / "killed"
-    proc = _run_cli_embed(tmp_path / "shards", out)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "stats").glob("part_*.json"))) < 2:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done_before = len(list((out / "stats").glob("part_*.json")))
+    cmd = [sys.executable, "-m", "oodlab", "embed", str(tmp_path / "shards"), "--out", str(out), "--workers", "0",
+           "--batch-size", "1"]
+    done_before = kill_9_midway(cmd, lambda: len(list((out / "stats").glob("part_*.json"))), 2, REPO)
     assert 2 <= done_before < n_shards, "the kill must land mid-run"
     assert not (out / "oodlab.json").exists()
     sidecar = embed([tmp_path / "shards"], out, workers=0, batch_size=1)
     clean = tmp_path / "clean"
     embed([tmp_path / "shards"], clean, workers=0, batch_size=1)
-    killed, fresh = _tree_bytes(out), _tree_bytes(clean)
+    killed, fresh = tree_bytes(out), tree_bytes(clean)
     assert killed.keys() == fresh.keys()  # no temporaries left behind
     assert killed == fresh
     assert sidecar["count"] == n_shards * 12

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from oodlab.embeddings import store as st
 from oodlab.similarity.engine import EvalSet, StreamingNeighbors
 from oodlab.similarity.neighbors import neighbors
 from oodlab.utils.errors import IncompatibleError, InputError
-from tests.helpers import unit_rows, write_clip_retrieval_folder
+from tests.helpers import kill_9_midway, tree_bytes, unit_rows, write_clip_retrieval_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -181,10 +179,6 @@ def test_nan_and_unnormalised_rows_are_refused(tmp_path):
         neighbors(tmp_path / "train", {"e": tmp_path / "e"}, tmp_path / "out2")
 
 
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_clean_run(tmp_path):
     rng = np.random.default_rng(5)
@@ -194,20 +188,14 @@ def test_kill_9_then_resume_equals_clean_run(tmp_path):
     _store(tmp_path / "ref", [unit_rows(rng, 500, 64)], "r")
     args = ["--train", str(tmp_path / "train"), "--eval", f"e={tmp_path / 'e'}", "--reference", f"r={tmp_path / 'ref'}",
             "--k", "5", "--chunk-rows", "512"]
-    env = dict(os.environ, OODLAB_QUIET="1")
+    cli = [sys.executable, "-m", "oodlab", "neighbors", *args, "--out"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "oodlab", "neighbors", *args, "--out", str(out)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((out / "train").glob("part_*.parquet"))) < 3:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    done = len(list((out / "train").glob("part_*.parquet")))
+    done = kill_9_midway(cli + [str(out)], lambda: len(list((out / "train").glob("part_*.parquet"))), 3, REPO)
     assert 3 <= done < n_parts, "the kill must land mid-run"
-    subprocess.run([sys.executable, "-m", "oodlab", "neighbors", *args, "--out", str(out)], cwd=REPO, env=env, check=True)
-    subprocess.run([sys.executable, "-m", "oodlab", "neighbors", *args, "--out", str(tmp_path / "clean")], cwd=REPO, env=env, check=True)
-    killed, clean = _tree(out), _tree(tmp_path / "clean")
+    env = dict(os.environ, OODLAB_QUIET="1")
+    subprocess.run(cli + [str(out)], cwd=REPO, env=env, check=True)
+    subprocess.run(cli + [str(tmp_path / "clean")], cwd=REPO, env=env, check=True)
+    killed, clean = tree_bytes(out), tree_bytes(tmp_path / "clean")
     killed.pop("manifest.json"), clean.pop("manifest.json")  # counts differ: resumed parts
     assert killed == clean
 

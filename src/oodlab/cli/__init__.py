@@ -19,6 +19,8 @@ from oodlab.utils.errors import OodlabError
 from oodlab.cli import data as _data  # noqa: E402,F401
 from oodlab.cli import embeddings as _embeddings  # noqa: E402,F401
 from oodlab.cli import similarity as _similarity  # noqa: E402,F401
+from oodlab.cli import index as _index  # noqa: E402,F401
+from oodlab.cli import analysis as _analysis  # noqa: E402,F401
 from oodlab.cli import demo as _demo  # noqa: E402,F401
 
 

@@ -17,10 +17,21 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-store_app = typer.Typer(help="Inspect and check embedding stores.", no_args_is_help=True)
-app.add_typer(store_app, name="store")
+#: sub-app -> its name on the command line (for the "store info" style names in TARGETS)
+_PREFIX: dict[int, str] = {}
 
-#: command name -> "module:function" it calls (checked by tests/test_cli.py)
+
+def subapp(name: str, help: str) -> typer.Typer:
+    """Create a command group (``oodlab NAME ...``) and attach it to the main app."""
+    group = typer.Typer(help=help, no_args_is_help=True)
+    app.add_typer(group, name=name)
+    _PREFIX[id(group)] = f"{name} "
+    return group
+
+
+store_app = subapp("store", "Inspect and check embedding stores.")
+
+#: command name ("embed", "store info", ...) -> "module:function" it calls (checked by tests/test_cli.py)
 TARGETS: dict[str, str] = {}
 
 
@@ -28,8 +39,7 @@ def command(group: typer.Typer, name: str, target: str) -> Callable[[Callable], 
     """Register a CLI command that is a thin layer over ``target`` ("module:function")."""
 
     def deco(fn: Callable) -> Callable:
-        prefix = "store " if group is store_app else ""
-        TARGETS[prefix + name] = target
+        TARGETS[_PREFIX.get(id(group), "") + name] = target
         group.command(name)(fn)
         return fn
 

@@ -37,6 +37,10 @@ class TruncatedShardError(InputError):
     """A tar ended in the middle of a member (an interrupted download or copy)."""
 
 
+#: member extensions read as a sample's image, in order of preference
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
 @dataclass
 class RawSample:
     """One webdataset sample: its key and its members' bytes by extension, in tar order."""
@@ -49,6 +53,12 @@ class RawSample:
     def caption(self) -> str | None:
         raw = self.members.get("txt")
         return None if raw is None else raw.decode("utf-8", errors="replace")
+
+    @property
+    def image(self) -> bytes | None:
+        """The bytes of the image member (the first of :data:`IMAGE_EXTENSIONS` present)."""
+        ext = next((e for e in IMAGE_EXTENSIONS if e in self.members), None)
+        return None if ext is None else self.members[ext]
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -157,13 +167,17 @@ class ShardWriter:
         folder: output folder.
         name: shard name without extension (``"00000"``).
         columns: the parquet columns, in order; records missing a column get null.
+        schema: optional pyarrow schema of the parquet, so that every shard of a set gets the same
+            column types even when a column is all-null in one shard.
     """
 
-    def __init__(self, folder: str | Path, name: str, columns: Iterable[str] = ("key", "caption", "status")):
+    def __init__(self, folder: str | Path, name: str, columns: Iterable[str] = ("key", "caption", "status"),
+                 schema: Any = None):
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self.columns = list(columns)
+        self.columns = list(columns) if schema is None else list(schema.names)
+        self.schema = schema
         self._records: list[dict[str, Any]] = []
         self._keys: set[str] = set()
         self._tar_ctx = atomic_path(self.tar_path)
@@ -205,7 +219,14 @@ class ShardWriter:
 
         self._tar.close()
         columns = self.columns + sorted({k for r in self._records for k in r} - set(self.columns))
-        table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in self._records])
+        rows = [{c: r.get(c) for c in columns} for r in self._records]
+        if self.schema is not None:
+            extra = set(columns) - set(self.schema.names)
+            if extra:
+                raise ValueError(f"records have columns {sorted(extra)} that the schema lacks")
+            table = pa.Table.from_pylist(rows, schema=self.schema)
+        else:
+            table = pa.Table.from_pylist(rows)
         write_parquet(self.folder / f"{self.name}.parquet", table)
         statuses = [r.get("status", "success") for r in self._records]
         write_json(

@@ -36,8 +36,6 @@ from oodlab.utils.progress import Timer, progress, summary
 
 log = logging.getLogger(__name__)
 
-#: webdataset member extensions read as the image, in order of preference
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 #: json fields not copied to the metadata (they duplicate image_path / caption)
 _JSON_SKIP = {"key", "caption", "image_path"}
 
@@ -143,13 +141,11 @@ class _UnitStream(torch.utils.data.IterableDataset):
     def _records(self, unit: Unit) -> Iterator[tuple[str, bytes | None, Path | None, str | None, dict[str, Any]]]:
         if unit.tar is not None:
             for sample in iter_tar_samples(unit.tar):
-                ext = next((e for e in IMAGE_EXTENSIONS if e in sample.members), None)
                 try:
                     meta = {k: v for k, v in sample.meta.items() if k not in _JSON_SKIP and _scalar(v)}
                 except InputError:
                     meta = {}
-                data = sample.members.get(ext) if ext else None
-                yield sample.key, data, None, sample.caption, meta
+                yield sample.key, sample.image, None, sample.caption, meta
         else:
             for s in unit.files:
                 meta = {} if s.label is None else {"label": s.label, "class_name": s.class_name}

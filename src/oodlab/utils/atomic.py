@@ -80,15 +80,23 @@ def write_parquet(path: str | Path, table: Any, **kwargs: Any) -> None:
 
 
 def remove_stale_temporaries(folder: str | Path) -> int:
-    """Delete temporaries left by killed runs under ``folder`` (recursively). Returns the count."""
+    """Delete temporary files and folders left by killed runs under ``folder`` (recursively).
+
+    Returns:
+        how many were removed.
+    """
+    import shutil
+
     folder = Path(folder)
     if not folder.exists():
         return 0
     n = 0
-    for p in folder.rglob(f"*{TMP_MARK}*"):
-        if p.is_file():
+    for p in sorted(folder.rglob(f"*{TMP_MARK}*"), key=lambda x: len(x.parts)):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
             p.unlink()
-            n += 1
+        n += 1
     return n
 
 
