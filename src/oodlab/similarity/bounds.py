@@ -33,6 +33,9 @@ class RowErrors:
     norm_rounded: torch.Tensor
     residual: torch.Tensor
 
+    def rows(self, start: int, stop: int) -> "RowErrors":
+        return RowErrors(self.norm[start:stop], self.norm_rounded[start:stop], self.residual[start:stop])
+
     def max(self) -> tuple[float, float, float]:
         if len(self.norm) == 0:
             return 0.0, 0.0, 0.0
