@@ -139,17 +139,28 @@ def test_float32_stores_and_threshold_files(tmp_path):
     assert train_table["margin_argmax__e"].tolist() == [f"e0_{j}" for j in M.argmax(0)]
 
 
-def test_engine_with_many_sets_and_tiny_chunks_matches_numpy():
+@pytest.mark.parametrize("precision,backend", [("bf16", "numba"), ("bf16", "torch"), ("fp32", "torch")])
+def test_engine_backends_with_many_sets_and_tiny_chunks_match_numpy(precision, backend):
     rng = np.random.default_rng(3)
     T = unit_rows(rng, 500, 32).astype(np.float16)
+    T[400] = T[7]  # a tie across chunks
     sets = [unit_rows(rng, n, 32).astype(np.float16).astype(np.float32) for n in (1, 64, 65, 130)]
-    engine = StreamingNeighbors([EvalSet(f"s{i}", e, np.arange(len(e))) for i, e in enumerate(sets)], k=5)
+    ts = [rng.uniform(0.2, 0.6, len(e)) for e in sets]
+    engine = StreamingNeighbors([EvalSet(f"s{i}", e, np.arange(len(e)), ts[i] if i % 2 else None) for i, e in enumerate(sets)],
+                                k=5, precision=precision, backend=backend)
+    assert engine.backend == backend
     results = [engine.process(T[s : s + 37], s) for s in range(0, len(T), 37)]
     top = engine.topk_result()
     for i, e in enumerate(sets):
         S, order = _brute(e.astype(np.float64), T.astype(np.float64), 5)
         assert (top[f"s{i}"][0] == order).all()
+        np.testing.assert_allclose(top[f"s{i}"][1], np.take_along_axis(S, order, 1), atol=1e-12)
         assert (np.concatenate([r.argmax[f"s{i}"] for r in results]) == S.argmax(0)).all()
+        np.testing.assert_allclose(np.concatenate([r.max_sim[f"s{i}"] for r in results]), S.max(0), atol=1e-12)
+        if i % 2:
+            M = S - ts[i][:, None]
+            assert (np.concatenate([r.margin_argmax[f"s{i}"] for r in results]) == M.argmax(0)).all()
+            np.testing.assert_allclose(np.concatenate([r.margin[f"s{i}"] for r in results]), M.max(0), atol=1e-12)
 
 
 def test_mismatched_dims_and_models_are_refused(tmp_path):

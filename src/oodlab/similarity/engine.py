@@ -29,8 +29,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from oodlab.similarity.bounds import RowErrors, row_errors, score_bound
 from oodlab.similarity.exact import pair_scores
+from oodlab.similarity.screens import SCREENS, Encoded
 
 #: rows per group of the torch backend's candidate search (maxima over GROUP training rows per
 #: eval column; only groups that can hold a candidate are read again)
@@ -40,8 +40,6 @@ GROUP = 16
 TILE_ELEMENTS = 8 * 1024 * 1024
 #: cushion for float32 arithmetic on approximate scores (comparisons, subtraction of thresholds)
 _FP32_CUSHION = 1e-6
-#: compute dtypes of the tile by precision name
-COMPUTE = {"bf16": torch.bfloat16, "fp32": torch.float32}
 #: |norm - 1| allowed for an input row (float16 storage keeps unit rows within ~5e-4)
 NORM_TOLERANCE = 5e-3
 
@@ -100,7 +98,7 @@ def _first_bad_row(norms: torch.Tensor) -> int | None:
     return int(torch.nonzero(bad)[0, 0]) if bool(bad.any()) else None
 
 
-def _make_gemm(a_low: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+def make_gemm(a_low: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """``x -> x @ a_low.T``. On CPU with bf16, oneDNN's linear with the eval side packed once
     (instead of per call) runs ~7% faster here; it is used only if it reproduces the plain
     product bit for bit on a probe (the error bounds assume oneDNN's bf16 GEMM)."""
@@ -176,22 +174,17 @@ class StreamingNeighbors:
         evals: the eval sets (their embeddings stay resident on ``device``).
         k: neighbours per eval row (0: no top-k, only per-training-row outputs).
         per_train: compute per-training-row maxima and margins.
-        precision: ``bf16`` (fast path, re-checked exactly) or ``fp32``.
+        precision: the screen (:mod:`oodlab.similarity.screens`): ``bf16`` (fast, re-checked
+            exactly) or ``fp32``.
         device: torch device for the tiles.
         backend: ``numba`` (CPU, bf16) or ``torch``; default: numba where it applies.
     """
 
     def __init__(self, evals: Sequence[EvalSet], k: int, *, per_train: bool = True, precision: str = "bf16",
                  device: str = "cpu", backend: str | None = None):
-        if precision not in COMPUTE:
-            raise ValueError(f"precision must be one of {sorted(COMPUTE)}")
+        if precision not in SCREENS:
+            raise ValueError(f"precision must be one of {sorted(SCREENS)}")
         self.k, self.per_train, self.device = k, per_train, torch.device(device)
-        self.cdtype = COMPUTE[precision]
-        fused_ok = self.device.type == "cpu" and self.cdtype == torch.bfloat16
-        backend = backend or ("numba" if fused_ok else "torch")
-        if backend not in TILE_BACKENDS or (backend == "numba" and not fused_ok):
-            raise ValueError(f"backend {backend!r} needs a CPU and bf16 tiles; use 'torch'")
-        self.backend = backend
         dims = {e.embeddings.shape[1] for e in evals}
         if len(dims) != 1:
             raise ValueError("eval sets differ in dimension")
@@ -206,11 +199,14 @@ class StreamingNeighbors:
             col += len(e.embeddings)
         self.n_cols = col
         self.a32 = torch.from_numpy(np.concatenate([np.asarray(e.embeddings, np.float32) for e in evals])).to(self.device)
-        self.a_c = self.a32.to(self.cdtype)
-        self.a_err: RowErrors = row_errors(self.a32, self.a_c)
         self.topk = TopK(col, k)
         self.tile_rows = int(np.clip(TILE_ELEMENTS // max(col, 1) // GROUP * GROUP, GROUP, 8192))
-        self._gemm = _make_gemm(self.a_c, self.tile_rows)
+        self.screen = SCREENS[precision](self.a32, self.tile_rows)
+        fused_ok = self.device.type == "cpu" and precision == "bf16"
+        backend = backend or ("numba" if fused_ok else "torch")
+        if backend not in TILE_BACKENDS or (backend == "numba" and not fused_ok):
+            raise ValueError(f"backend {backend!r} needs a CPU and bf16; use 'torch'")
+        self.backend = backend
         # the numba backend's view of the sets: column bounds and thresholds (0 where none)
         self._bounds = np.array([lay.col0 for lay in self.layouts] + [col], np.int64)
         self._has_t = np.array([lay.t is not None for lay in self.layouts])
@@ -233,15 +229,12 @@ class StreamingNeighbors:
         if chunk.ndim != 2 or (c and chunk.shape[1] != self.dim):
             raise ValueError(f"train rows have shape {chunk.shape}, eval rows have dim {self.dim}")
         b_all = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device).float()
-        b_low = b_all.to(self.cdtype)
-        errors = row_errors(b_all, b_low)
-        bad = _first_bad_row(errors.norm)
+        bad = _first_bad_row(b_all.double().norm(dim=1) if c else torch.zeros(0))
         if bad is not None:
-            raise BadRowError(bad, float(errors.norm[bad]))
+            raise BadRowError(bad, float(b_all[bad].double().norm()))
         outs = []
         for s in range(0, c, self.tile_rows):
-            e = min(c, s + self.tile_rows)
-            per_set, hits = self._tile(b_all[s:e], b_low[s:e], errors.rows(s, e), offset + s)
+            per_set, hits = self._tile(b_all[s : s + self.tile_rows], offset + s)
             self.topk.merge(*hits)  # before the next tile: its thresholds use the new k-th bests
             outs.append(per_set)
         result = ChunkResult()
@@ -254,16 +247,14 @@ class StreamingNeighbors:
                 args[lay.name] = np.concatenate([o[lay.name][2 * at + 1] for o in outs]) if outs else np.zeros(0, np.int64)
         return result
 
-    def _tile(self, b: torch.Tensor, b_low: torch.Tensor, errors: RowErrors, offset: int) -> _TileOut:
-        """Score one tile of training rows (float32 and compute-dtype copies) and hand it to the backend."""
-        delta = score_bound(self.a_err, errors, self.dim, self.cdtype)
-        if self.device.type == "cuda":
-            delta *= 8  # tensor cores may align partial sums with truncation: be generous
-        tile = self._gemm(b_low)  # [c, n_cols]
-        theta = self._theta(tile, delta)
-        return TILE_BACKENDS[self.backend](self, tile, b, offset, delta, theta)
+    def _tile(self, b: torch.Tensor, offset: int) -> _TileOut:
+        """Screen one tile of training rows (float32 [c, d]) and hand it to the backend."""
+        enc = self.screen.encode(b)
+        tile = self.screen.gemm(enc)  # [c, n_cols]
+        theta = self._theta(tile, enc)
+        return TILE_BACKENDS[self.backend](self, tile, enc, b, offset, theta)
 
-    def _theta(self, tile: torch.Tensor, delta: float) -> np.ndarray:
+    def _theta(self, tile: torch.Tensor, enc: Encoded) -> np.ndarray:
         """Per column: computed scores below this can never enter the top-k (float64 [n_cols]).
 
         A row whose computed score is below ``kth - delta`` has an exact score below the exact
@@ -271,39 +262,38 @@ class StreamingNeighbors:
         best instead: the k-th largest maximum over row groups minus ``2 delta`` (k groups hold
         a larger exact score than any row below it).
         """
+        delta = enc.delta
         theta = self.topk.kth - delta - _FP32_CUSHION
         warm = np.flatnonzero(np.isneginf(theta))
         if len(warm) and len(tile) >= self.k:
             warm_t = torch.from_numpy(warm).to(tile.device)
             groups = _padded(tile).view(-1, GROUP, self.n_cols).amax(1)
-            if len(groups) >= self.k:
-                kth = torch.topk(groups[:, warm_t].float(), self.k, dim=0).values[-1]
-            else:
-                kth = torch.topk(tile[:, warm_t].float(), self.k, dim=0).values[-1]
+            source = groups if len(groups) >= self.k else tile
+            kth = torch.topk(source[:, warm_t].float(), self.k, dim=0).values[-1]
             theta[warm] = kth.cpu().numpy().astype(np.float64) - 2 * delta - _FP32_CUSHION
         return theta
 
     # -- backends ---------------------------------------------------------------------------
-    def _tile_numba(self, tile: torch.Tensor, b: torch.Tensor, offset: int, delta: float, theta: np.ndarray) -> _TileOut:
+    def _tile_numba(self, tile: torch.Tensor, enc: Encoded, b: torch.Tensor, offset: int, theta: np.ndarray) -> _TileOut:
         from oodlab.similarity.kernels import ceil_keys, run_tile
 
         bounds = self._bounds if self.per_train else self._bounds[:1]
         (mx, arg, mg, marg), (cols, rows, scores) = run_tile(
-            tile.view(torch.int16).numpy(), len(b), b.numpy(), self.a32.numpy(), bounds, self._has_t, self._t_all,
-            self._t32, 2 * delta + _FP32_CUSHION, ceil_keys(theta.astype(np.float32)), self.topk.kth)
+            self.screen.bits(tile), len(b), b.numpy(), self.a32.numpy(), bounds, self._has_t, self._t_all, self._t32,
+            2 * enc.delta + _FP32_CUSHION, ceil_keys(theta), self.topk.kth)
         per_set = {}
         for s, lay in enumerate(self.layouts if self.per_train else []):
             per_set[lay.name] = (mx[s], arg[s]) + ((mg[s], marg[s]) if lay.t is not None else ())
         return per_set, (cols, rows + offset, scores)
 
-    def _tile_torch(self, tile: torch.Tensor, b: torch.Tensor, offset: int, delta: float, theta: np.ndarray) -> _TileOut:
+    def _tile_torch(self, tile: torch.Tensor, enc: Encoded, b: torch.Tensor, offset: int, theta: np.ndarray) -> _TileOut:
         tile = _padded(tile)
         row_groups = tile.view(-1, GROUP, self.n_cols).amax(1).float()  # [c_pad / G, n_cols]
         per_set = {}
         for lay in self.layouts if self.per_train else []:
-            per_set[lay.name] = self._row_max_torch(tile, row_groups, b, lay, False, delta)
+            per_set[lay.name] = self._row_max_torch(tile, row_groups, b, lay, False, enc.delta)
             if lay.t is not None:
-                per_set[lay.name] += self._row_max_torch(tile, row_groups, b, lay, True, delta)
+                per_set[lay.name] += self._row_max_torch(tile, row_groups, b, lay, True, enc.delta)
         return per_set, self._topk_hits_torch(tile, row_groups, b, offset, theta)
 
     def _row_max_torch(self, tile: torch.Tensor, row_groups: torch.Tensor, b: torch.Tensor, lay: _Layout,

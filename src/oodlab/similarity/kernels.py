@@ -1,15 +1,15 @@
-"""Fused CPU kernels of the exact neighbours pass (numba), working on bf16 tiles.
+"""Fused CPU kernels of the exact neighbours pass (numba).
 
-Why hand-written: after the bf16 GEMM, torch needs a dozen separate passes and index tensors to
-find each training row's maximum, its near-ties and the top-k candidates; they cost ~40% on top
-of the GEMM here. These kernels read each tile row once (a row stays in L1/L2) and do all of that
-row's work there, including the exact float64 re-scoring of its few candidates.
+Why hand-written: after the low-precision GEMM, torch needs a dozen separate passes and index
+tensors to find each training row's maximum, its near-ties and the top-k candidates; they cost
+~40% on top of the GEMM here. These kernels read each tile row once (a row stays in L1/L2) and
+do all of that row's work there, including the exact float64 re-scoring of its few candidates.
 
-Scores are compared as *keys*: a bf16 bit pattern ``v`` (int16) maps to ``v ^ ((v >> 15) & 0x7fff)``,
-an int16 whose order is the float order. Integer maxima and comparisons vectorise 32 lanes wide
-(~0.05 ns per score here, against ~0.3 ns for float32 reductions); only a row's maximum is turned
-back into a float. A float threshold ``x`` becomes the key of the smallest bf16 value ``>= x``,
-so ``value >= x`` is exactly ``key >= ceil_key(x)``.
+Scores are compared as *keys*: a bf16 tile arrives as its int16 bit patterns ``v``, and
+``v ^ ((v >> 15) & 0x7fff)`` is an int16 whose order is the float order. Integer maxima and
+comparisons vectorise 32 lanes wide (~0.05 ns per score, against ~0.3 ns for float32
+reductions); only a row's maximum is turned back into a float. A float threshold ``x`` becomes
+the key of the smallest bf16 value ``>= x``, so ``value >= x`` is exactly ``key >= ceil_key(x)``.
 
 Ties: lowest eval index for maxima; the top-k merge keeps (score desc, train row asc).
 """
@@ -29,7 +29,7 @@ _F = {"reassoc", "contract"}
 
 
 def ceil_keys(x: np.ndarray) -> np.ndarray:
-    """Keys (int16) of the smallest bf16 values >= each float32 in ``x`` (+-inf map to +-inf)."""
+    """Keys (int16) of the smallest bf16 values >= each threshold in ``x`` (+-inf map to +-inf)."""
     bits = np.ascontiguousarray(x, np.float32).view(np.int32)
     b16 = (bits >> 16).astype(np.int32)
     up = (bits > 0) & ((bits & 0xFFFF) != 0) & (b16 != 0x7F80)  # positive, not exact: round up
@@ -39,18 +39,19 @@ def ceil_keys(x: np.ndarray) -> np.ndarray:
 
 @njit(inline="always")
 def _key(v):  # pragma: no cover - compiled
-    return v ^ ((v >> 15) & np.int16(0x7FFF))
+    return np.int16(v ^ ((v >> 15) & np.int16(0x7FFF)))  # numba widens the shift: narrow it back
 
 
 @njit(inline="always")
-def _key_to_float(k, ibuf1, fbuf1):  # pragma: no cover - compiled
-    v = _key(k)  # the map is its own inverse
-    ibuf1[0] = np.int32(v) << 16
-    return fbuf1[0]
+def _key_value(k, ibuf1, fbuf1):  # pragma: no cover - compiled
+    """The float value of a key (the key map is its own inverse)."""
+    ibuf1[0] = np.int32(_key(k)) << 16
+    return np.float64(fbuf1[0])
 
 
 @njit(inline="always")
 def _ceil_key(x, ibuf1, fbuf1):  # pragma: no cover - compiled
+    """The key of the smallest bf16 value >= x."""
     fbuf1[0] = x
     bits = ibuf1[0]
     b16 = bits >> 16
@@ -75,7 +76,7 @@ def _block_keys(row, keys, theta_keys, b0, b1):  # pragma: no cover - compiled
     vectorises; with offsets it falls back to scalar code (~10x slower).
     """
     seg, kseg, tseg = row[b0:b1], keys[b0:b1], theta_keys[b0:b1]
-    m = np.int16(-32768)
+    m = _key(seg[0])
     h = 0
     for r in range(b1 - b0):
         kk = _key(seg[r])
@@ -115,7 +116,7 @@ def _block_margins(row, fbuf, ibuf, t32, b0, b1):  # pragma: no cover - compiled
 
 
 @njit(parallel=True, fastmath=_F, cache=True, nogil=True)
-def row_maxima(tile16, n_rows, b, a, set_bounds, has_t, t, t32, slack, theta_keys, kth,
+def row_maxima(tile, n_rows, b, a, set_bounds, has_t, t, t32, slack, theta_keys, kth,
                out_max, out_arg, out_margin, out_marg, rec_cols, rec_scores, rec_n):  # pragma: no cover - compiled
     """One read of each training row j < n_rows of the tile. Per eval set s: the exact max of
     s_ji (and of s_ji - t_i for sets with thresholds) over the set's columns and the column
@@ -140,13 +141,13 @@ def row_maxima(tile16, n_rows, b, a, set_bounds, has_t, t, t32, slack, theta_key
         ibuf1 = np.empty(1, np.int32)
         fbuf1 = ibuf1.view(np.float32)
         for j in range(task * _ROWS_PER_TASK, min(n_rows, (task + 1) * _ROWS_PER_TASK)):
-            row = tile16[j]
+            row = tile[j]
             n_rec = 0
             # without per-row outputs the columns form one pseudo-set for the hit scan
             for s in range(max(n_sets, 1)):
                 lo, hi = (set_bounds[s], set_bounds[s + 1]) if n_sets else (0, q)
                 n_blocks = (hi - lo + _BLOCK - 1) // _BLOCK
-                m = np.int16(-32768)
+                m = _key(row[lo])
                 for bi in range(n_blocks):
                     b0 = lo + bi * _BLOCK
                     b1 = min(hi, b0 + _BLOCK)
@@ -157,7 +158,7 @@ def row_maxima(tile16, n_rows, b, a, set_bounds, has_t, t, t32, slack, theta_key
                         n_rec = _record_hits(keys, theta_keys, b0, b1, b[j], a, kth, rec_cols[j], rec_scores[j], n_rec)
                 if not n_sets:
                     continue
-                floor = _ceil_key(_key_to_float(m, ibuf1, fbuf1) - slack, ibuf1, fbuf1)
+                floor = _ceil_key(_key_value(m, ibuf1, fbuf1) - slack, ibuf1, fbuf1)
                 best, arg = -np.inf, -1
                 for bi in range(n_blocks):
                     if block_max[bi] >= floor:
@@ -186,7 +187,7 @@ def row_maxima(tile16, n_rows, b, a, set_bounds, has_t, t, t32, slack, theta_key
 
 
 @njit(parallel=True, fastmath=_F, cache=True, nogil=True)
-def topk_hits(tile16, rows, b, a, theta_keys, kth, out_cols, out_scores, out_n):  # pragma: no cover - compiled
+def topk_hits(tile, rows, b, a, theta_keys, kth, out_cols, out_scores, out_n):  # pragma: no cover - compiled
     """The top-k hits of the given rows (whose slots in :func:`row_maxima` overflowed): for each
     column with score >= theta, the exact score, kept (in ``out_*[u]``) when it beats the
     column's k-th best; ``out_n[u]`` counts them. Blocks without a hit are skipped."""
@@ -194,7 +195,7 @@ def topk_hits(tile16, rows, b, a, theta_keys, kth, out_cols, out_scores, out_n):
     for u in prange(rows.shape[0]):
         j = rows[u]
         keys = np.empty(q, np.int16)
-        row = tile16[j]
+        row = tile[j]
         n = 0
         for bi in range((q + _BLOCK - 1) // _BLOCK):
             b0, b1 = bi * _BLOCK, min(q, (bi + 1) * _BLOCK)
@@ -235,7 +236,7 @@ def merge_topk(rows, scores, cols, starts, hit_rows, hit_scores):  # pragma: no 
                 y += 1
 
 
-def run_tile(tile16: np.ndarray, n_rows: int, b: np.ndarray, a: np.ndarray, set_bounds: np.ndarray,
+def run_tile(tile: np.ndarray, n_rows: int, b: np.ndarray, a: np.ndarray, set_bounds: np.ndarray,
              has_t: np.ndarray, t: np.ndarray, t32: np.ndarray, slack: float, theta_keys: np.ndarray, kth: np.ndarray):
     """Run :func:`row_maxima` (and :func:`topk_hits` for rows whose slots overflowed) on a bf16
     tile given as int16 bits [c, q]; ``t``/``t32``: thresholds per column in float64/float32.
@@ -250,7 +251,7 @@ def run_tile(tile16: np.ndarray, n_rows: int, b: np.ndarray, a: np.ndarray, set_
     rec_cols = np.empty((n_rows, _HIT_SLOTS), np.int64)
     rec_scores = np.empty((n_rows, _HIT_SLOTS), np.float64)
     rec_n = np.empty(n_rows, np.int64)
-    row_maxima(tile16, n_rows, b, a, set_bounds, has_t, t, t32, np.float32(slack), theta_keys, kth,
+    row_maxima(tile, n_rows, b, a, set_bounds, has_t, t, t32, float(slack), theta_keys, kth,
                *out, rec_cols, rec_scores, rec_n)
     if not rec_n.any():
         return out, (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
@@ -260,7 +261,7 @@ def run_tile(tile16: np.ndarray, n_rows: int, b: np.ndarray, a: np.ndarray, set_
         more_cols = np.empty((len(overflow), a.shape[0]), np.int64)
         more_scores = np.empty((len(overflow), a.shape[0]), np.float64)
         more_n = np.empty(len(overflow), np.int64)
-        topk_hits(tile16, overflow, b, a, theta_keys, kth, more_cols, more_scores, more_n)
+        topk_hits(tile, overflow, b, a, theta_keys, kth, more_cols, more_scores, more_n)
         more = _flatten(more_cols, more_scores, more_n, overflow)
         hits = tuple(np.concatenate(x) for x in zip(hits, more))
     return out, hits
