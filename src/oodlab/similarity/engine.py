@@ -194,7 +194,7 @@ class StreamingNeighbors:
         self.layouts: list[_Layout] = []
         col = 0
         for e in evals:
-            t = None if e.thresholds is None else torch.from_numpy(np.asarray(e.thresholds, np.float64)).to(self.device)
+            t = None if e.thresholds is None else torch.from_numpy(np.array(e.thresholds, np.float64)).to(self.device)
             self.layouts.append(_Layout(e.name, col, len(e.embeddings), t))
             col += len(e.embeddings)
         self.n_cols = col

@@ -1,0 +1,371 @@
+"""``oodlab subset``: materialise a key list from webdataset shards into new shards.
+
+Two phases, each split into idempotent units run by ``workers`` processes:
+
+1. scan (one unit per input tar): :func:`~oodlab.subsets.tarindex.index_tar` reads the tar's
+   headers, the samples whose key was requested are selected, and their member spans and caption
+   are written atomically to ``OUT/.staging/index/{i:05d}.npz``. A unit whose file exists is
+   skipped on re-run.
+2. assemble (one unit per output shard): the plan is every selected sample in input order (the
+   order of ``shards`` as given, a folder's tars sorted by name), then tar order within a shard;
+   a key found in several inputs is written once, from its first input. Output shard j holds
+   plan rows ``[j * per_shard, (j + 1) * per_shard)``: ``{j:05d}.tar`` (the samples' original
+   members, headers and bytes unchanged), ``{j:05d}.parquet`` (key, caption, status,
+   source_shard) and ``{j:05d}_stats.json``; a complete shard (its tar exists) is skipped.
+
+The plan depends only on the inputs and the keys, never on ``workers`` or on which units ran
+before a kill, so a killed run re-run gives byte-identical output to a clean one.
+
+Then verification: every requested key is either written or listed in ``missing.parquet``;
+requested keys given more than once are listed in ``duplicates.parquet`` and written once.
+Also written: ``written.parquet`` (key, shard, source_shard: the listing of written keys),
+``openclip.json`` (``--train-data`` brace pattern and ``--train-num-samples``), ``uids.npy``
+(DataComp-style sorted ``u8,u8`` uids, see :mod:`oodlab.subsets.uids`) and ``manifest.json``
+(written last; a re-run of a completed run returns it).
+
+Memory: the requested keys (a sorted bytes array, memory-mapped by the workers) and the plan
+(key, spans and caption of each selected sample).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from oodlab.data.shards import shard_complete
+from oodlab.subsets.copyshard import ShardPlan, write_shard
+from oodlab.subsets.keylists import read_keys
+from oodlab.subsets.tarindex import index_tar
+from oodlab.subsets.uids import key_uids, openclip_args
+from oodlab.utils.atomic import atomic_path, read_json, remove_stale_temporaries, save_npy, write_json, write_parquet
+from oodlab.utils.errors import IncompatibleError, InputError
+from oodlab.utils.manifest import MANIFEST_NAME, read_manifest, write_manifest
+from oodlab.utils.patterns import expand_paths
+from oodlab.utils.progress import Timer, progress, summary
+
+log = logging.getLogger(__name__)
+
+STAGING = ".staging"
+#: missing keys listed in the manifest itself (all of them are in missing.parquet)
+MANIFEST_MISSING = 1000
+
+
+# -- inputs ----------------------------------------------------------------------------------
+def resolve_shards(shards: Sequence[str | Path]) -> list[Path]:
+    """Input tars in the given order: paths, brace patterns, globs, or folders (their ``*.tar``
+    sorted by name)."""
+    if not shards:
+        raise InputError(None, "no input shards given", "pass --shards DIR or --shards 'pool/{00000..00099}.tar'")
+    out: list[Path] = []
+    for item in expand_paths(shards):
+        if item.is_dir():
+            tars = sorted(item.glob("*.tar"))
+            if not tars:
+                raise InputError(item, "holds no .tar shard", "pass the folder of the webdataset shards")
+            out.extend(tars)
+        else:
+            out.append(item)
+    if len(set(out)) != len(out):
+        raise InputError(None, "an input shard is given twice", "pass each shard once")
+    return out
+
+
+def requested_keys(keys: str | Path) -> tuple[list[str], dict[str, int]]:
+    """(unique keys in first-occurrence order, {key: count} of the keys given more than once)."""
+    raw = read_keys(keys)
+    unique = list(dict.fromkeys(raw.tolist()))
+    duplicates: dict[str, int] = {}
+    if len(unique) != len(raw):
+        values, counts = np.unique(raw.astype(str), return_counts=True)
+        duplicates = {str(v): int(c) for v, c in zip(values, counts) if c > 1}
+    return unique, duplicates
+
+
+# -- phase 1 ---------------------------------------------------------------------------------
+def _members_of(bounds: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(member indices of ``samples`` in order, int64 [len(samples) + 1] offsets into them)."""
+    counts = bounds[samples + 1] - bounds[samples]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    members = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - bounds[samples], counts)
+    return members, offsets
+
+
+def scan_input(task: tuple[int, str, str, str]) -> int:
+    """Select the requested samples of one input tar into its staging index (a phase-1 unit).
+
+    The staging index (``.npz``) holds, per selected sample in tar order: ``keys`` (UTF-8 bytes),
+    ``offsets`` into the member spans ``starts`` / ``ends``, and the caption (the ``txt`` member,
+    ``captions`` blob + ``caption_offsets``; ``has_caption``). Returns the samples in the tar."""
+    i, tar, requested_path, index_path = task
+    requested = np.load(requested_path, mmap_mode="r", allow_pickle=False)
+    index = index_tar(tar, read_ext=b"txt")
+    if len(requested) and len(index):
+        pos = np.minimum(np.searchsorted(requested, index.keys), len(requested) - 1)
+        selected = np.flatnonzero(requested[pos] == index.keys)
+    else:
+        selected = np.zeros(0, np.int64)
+    members, offsets = _members_of(index.bounds, selected)
+    is_txt = np.isin(members, np.fromiter(index.payload, np.int64, len(index.payload)))
+    sample_of = np.repeat(np.arange(len(selected)), np.diff(offsets))
+    with_caption, first = np.unique(sample_of[is_txt], return_index=True)  # the first txt member
+    has_caption = np.zeros(len(selected), bool)
+    has_caption[with_caption] = True
+    captions = [b""] * len(selected)
+    for row, m in zip(with_caption.tolist(), members[is_txt][first].tolist()):
+        captions[row] = index.payload[m]
+    caption_offsets = np.concatenate([[0], np.cumsum([len(c) for c in captions])]).astype(np.int64)
+    with atomic_path(index_path) as tmp, open(tmp, "wb") as f:  # no fsync: survives kills, not power loss
+        np.savez(
+            f, keys=index.keys[selected], offsets=offsets, starts=index.start[members], ends=index.end[members],
+            captions=np.frombuffer(b"".join(captions), np.uint8), caption_offsets=caption_offsets,
+            has_caption=has_caption, samples=np.int64(len(index)),
+        )
+    return len(index)
+
+
+# -- phase 2 ---------------------------------------------------------------------------------
+def assemble_shard(task: tuple[str, ShardPlan, bool]) -> int:
+    """Write one output shard (a phase-2 unit). Returns its tar size in bytes."""
+    folder, plan, verify = task
+    return write_shard(Path(folder), plan, verify=verify)
+
+
+@dataclass
+class Plan:
+    """Every sample to write, in output order (see the module docstring)."""
+
+    sources: list[str]  # input tar paths
+    keys: np.ndarray  # object [s]
+    captions: list[str | None]
+    sample_source: np.ndarray  # int32 [s]
+    offsets: np.ndarray  # int64 [s + 1] into the member arrays
+    member_start: np.ndarray  # int64 [m]
+    member_end: np.ndarray  # int64 [m]
+    scanned: int  # samples in the input tars
+    source_duplicates: int  # selected samples dropped because their key came earlier
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def shard(self, name: str, lo: int, hi: int) -> ShardPlan:
+        a, b = int(self.offsets[lo]), int(self.offsets[hi])
+        used, src = np.unique(self.sample_source[lo:hi], return_inverse=True)  # only this shard's inputs
+        sources = [self.sources[i] for i in used.tolist()]
+        names = [Path(p).name for p in sources]
+        return ShardPlan(
+            name=name, keys=self.keys[lo:hi].tolist(), captions=self.captions[lo:hi],
+            source_shards=[names[i] for i in src.tolist()], sources=sources,
+            members=np.diff(self.offsets[lo : hi + 1]),
+            member_source=np.repeat(src, np.diff(self.offsets[lo : hi + 1])).astype(np.int32),
+            member_start=self.member_start[a:b], member_end=self.member_end[a:b],
+        )
+
+
+class _Runner:
+    """Runs units in this process, or in one pool of ``workers`` spawned processes shared by both
+    phases (started on first use: spawning costs about a second per process)."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._pool: Any = None
+
+    def run(self, fn: Callable[[Any], Any], tasks: list[Any], description: str, unit: str) -> list[Any]:
+        results: list[Any] = []
+        with progress(description, total=len(tasks), unit=unit) as advance:
+            if self.workers <= 1 or len(tasks) <= 1:
+                for t in tasks:
+                    results.append(fn(t))
+                    advance(1)
+                return results
+            if self._pool is None:
+                self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
+            for r in self._pool.imap(fn, tasks):
+                results.append(r)
+                advance(1)
+        return results
+
+    def __enter__(self) -> "_Runner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.terminate() if exc[0] is not None else self._pool.close()
+            self._pool.join()
+
+
+# -- the stage --------------------------------------------------------------------------------
+def subset(
+    keys: str | Path,
+    shards: Sequence[str | Path],
+    out: str | Path,
+    *,
+    per_shard: int = 10_000,
+    workers: int = 1,
+    verify: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Copy the samples of a key list out of webdataset shards into new shards (module docstring).
+
+    Args:
+        keys: a key list: parquet with a ``key`` column (e.g. ``kept.parquet``) or ``.txt``.
+        shards: input tars, brace patterns, globs or folders of tars (in this order).
+        out: output folder (``{00000..}.tar`` + parquet + stats, manifest and listings).
+        per_shard: samples per output shard (the last may hold fewer).
+        workers: processes for the scan and assemble phases (the output does not depend on it).
+        verify: index every written tar again and check it holds exactly the planned samples.
+        overwrite: delete ``out`` first instead of resuming or returning a completed run.
+
+    Returns:
+        the manifest.
+    """
+    if per_shard < 1 or workers < 1:
+        raise InputError(None, "per_shard and workers must be >= 1", None)
+    out = Path(out)
+    inputs_list = resolve_shards(shards)
+    unique, duplicates = requested_keys(keys)
+    requested = np.sort(np.array([k.encode("utf-8", "surrogateescape") for k in unique], dtype=bytes)) if unique else np.zeros(0, "S1")
+    run = {
+        "inputs": {"keys": str(keys), "keys_sha256": hashlib.sha256(b"\n".join(requested.tolist())).hexdigest(),
+                   "shards": [str(p) for p in inputs_list]},
+        "parameters": {"per_shard": per_shard, "verify": verify},
+    }
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    done = _check_previous(out, run)
+    if done is not None:
+        return done
+    staging = out / STAGING
+    (staging / "index").mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    write_json(staging / "run.json", run)
+    save_npy(staging / "requested.npy", requested)
+
+    with Timer() as timer, _Runner(workers) as runner:
+        index_paths = [staging / "index" / f"{i:05d}.npz" for i in range(len(inputs_list))]
+        todo = [(i, str(p), str(staging / "requested.npy"), str(index_paths[i]))
+                for i, p in enumerate(inputs_list) if not index_paths[i].exists()]
+        runner.run(scan_input, todo, "subset: scan", "shards")
+        plan = _plan(inputs_list, index_paths)
+        width = max(5, len(str(max(0, (len(plan) - 1) // per_shard))))
+        names = [f"{j:0{width}d}" for j in range(-(-len(plan) // per_shard))]
+        tasks = [(str(out), plan.shard(name, j * per_shard, min(len(plan), (j + 1) * per_shard)), verify)
+                 for j, name in enumerate(names) if not shard_complete(out, name)]
+        runner.run(assemble_shard, tasks, "subset: write", "shards")
+    written_keys = plan.keys.tolist()
+    written = set(written_keys)
+    missing = [k for k in unique if k not in written]
+    if len(written) + len(missing) != len(unique) or len(written) != len(written_keys):
+        raise RuntimeError("verification failed: written + missing != requested")  # a bug, not an input problem
+    counts = _verify_outputs(out, names, plan, per_shard)
+    _write_listings(out, plan, names, per_shard, missing, duplicates)
+    tar_bytes = sum((out / f"{n}.tar").stat().st_size for n in names)
+    write_json(out / "openclip.json", openclip_args([out / f"{n}.tar" for n in names], len(plan)) if names else
+               {"train_data": None, "train_num_samples": 0})
+    save_npy(out / "uids.npy", key_uids(written_keys))
+    manifest_counts = {
+        "requested": len(unique) + sum(c - 1 for c in duplicates.values()),
+        "requested_unique": len(unique),
+        "duplicate_requested_keys": len(duplicates),
+        "input_shards": len(inputs_list),
+        "input_samples": plan.scanned,
+        "written": len(plan),
+        "missing": len(missing),
+        "duplicate_source_keys": plan.source_duplicates,
+        "output_shards": len(names),
+        "output_bytes": tar_bytes,
+        **counts,
+    }
+    write_manifest(
+        out, "subset", inputs=run["inputs"], parameters=run["parameters"], counts=manifest_counts,
+        outputs={"shards": f"{{{names[0]}..{names[-1]}}}.tar" if names else None, "written": "written.parquet",
+                 "missing": "missing.parquet", "duplicates": "duplicates.parquet", "openclip": "openclip.json",
+                 "uids": "uids.npy", "missing_keys": missing[:MANIFEST_MISSING],
+                 "missing_keys_listed": min(len(missing), MANIFEST_MISSING)},
+    )
+    shutil.rmtree(staging)  # after the manifest: a run killed before this line resumes from staging
+    rate = len(plan) / max(timer.seconds, 1e-9)
+    summary(
+        f"subset: {len(plan)} of {len(unique)} requested samples written to {len(names)} shards "
+        f"({len(missing)} missing, {len(duplicates)} keys requested twice or more, {plan.source_duplicates} found in several inputs) "
+        f"in {timer.seconds:.1f} s ({rate:,.0f} samples/s, {tar_bytes / max(timer.seconds, 1e-9) / 1e6:,.1f} MB/s) -> {out}"
+    )
+    return read_manifest(out)
+
+
+def _check_previous(out: Path, run: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest of a completed identical run (or None); refuse a folder of another run."""
+    if (out / MANIFEST_NAME).exists():
+        manifest = read_manifest(out)
+        if {"inputs": manifest.get("inputs"), "parameters": manifest.get("parameters")} == run:
+            shutil.rmtree(out / STAGING, ignore_errors=True)  # killed between the manifest and the cleanup
+            summary(f"subset: {out} is already complete ({manifest['counts']['written']} samples)")
+            return manifest
+        raise IncompatibleError(out, "holds a subset made from other keys, shards or parameters", "choose a new --out or pass --overwrite")
+    previous = out / STAGING / "run.json"
+    if previous.exists() and read_json(previous) != run:
+        raise IncompatibleError(out, "holds an unfinished subset run with other inputs", "choose a new --out or pass --overwrite")
+    if out.exists() and any(out.glob("*.tar")) and not previous.exists():
+        raise IncompatibleError(out, "already holds tars that this run did not write", "choose a new --out or pass --overwrite")
+    return None
+
+
+def _plan(inputs: list[Path], index_paths: list[Path]) -> Plan:
+    """Concatenate the staging indexes in input order; a key seen before is dropped."""
+    import pandas as pd
+
+    keys, sources, counts, m_start, m_end, captions = [], [], [], [], [], []
+    scanned = 0
+    for i, path in enumerate(index_paths):
+        with np.load(path, allow_pickle=False) as z:
+            scanned += int(z["samples"])
+            keys.append(np.char.decode(z["keys"], "utf-8", "surrogateescape").astype(object) if len(z["keys"]) else np.zeros(0, object))
+            sources.append(np.full(len(z["keys"]), i, np.int32))
+            counts.append(np.diff(z["offsets"]))
+            m_start.append(z["starts"])
+            m_end.append(z["ends"])
+            blob, cut = z["captions"].tobytes(), z["caption_offsets"].tolist()
+            captions += [blob[a:b].decode("utf-8", "replace") if has else None
+                         for a, b, has in zip(cut[:-1], cut[1:], z["has_caption"].tolist())]
+    cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
+    all_keys, source, count = cat(keys, object), cat(sources, np.int32), cat(counts, np.int64)
+    starts, ends = cat(m_start, np.int64), cat(m_end, np.int64)
+    first = ~pd.Index(all_keys).duplicated(keep="first") if len(all_keys) else np.ones(0, bool)
+    if not first.all():
+        member_keep = np.repeat(first, count)
+        all_keys, source, count = all_keys[first], source[first], count[first]
+        starts, ends = starts[member_keep], ends[member_keep]
+        captions = [c for c, f in zip(captions, first) if f]
+    offsets = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
+    return Plan([str(p) for p in inputs], all_keys, captions, source, offsets, starts, ends, scanned, int((~first).sum()))
+
+
+def _verify_outputs(out: Path, names: list[str], plan: Plan, per_shard: int) -> dict[str, Any]:
+    """Check each output shard's stats against the plan (the tars were checked when written)."""
+    for j, name in enumerate(names):
+        expected = min(len(plan), (j + 1) * per_shard) - j * per_shard
+        stats = read_json(out / f"{name}_stats.json")
+        if stats["count"] != expected:
+            raise IncompatibleError(out / f"{name}_stats.json", f"counts {stats['count']} samples, the plan {expected}",
+                                    "re-run with --overwrite")
+    return {"verified_shards": len(names)}
+
+
+def _write_listings(out: Path, plan: Plan, names: list[str], per_shard: int, missing: Iterable[str],
+                    duplicates: dict[str, int]) -> None:
+    import pyarrow as pa
+
+    shard_of = [names[i // per_shard] for i in range(len(plan))]
+    source_names = [Path(p).name for p in plan.sources]
+    write_parquet(out / "written.parquet", pa.table(
+        {"key": plan.keys.tolist(), "shard": shard_of, "source_shard": [source_names[i] for i in plan.sample_source.tolist()]},
+        schema=pa.schema([("key", pa.string()), ("shard", pa.string()), ("source_shard", pa.string())])))
+    write_parquet(out / "missing.parquet", pa.table({"key": pa.array(list(missing), pa.string())}))
+    write_parquet(out / "duplicates.parquet", pa.table(
+        {"key": pa.array(list(duplicates), pa.string()), "count": pa.array(list(duplicates.values()), pa.int64())}))
