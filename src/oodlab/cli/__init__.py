@@ -22,6 +22,8 @@ from oodlab.cli import similarity as _similarity  # noqa: E402,F401
 from oodlab.cli import index as _index  # noqa: E402,F401
 from oodlab.cli import analysis as _analysis  # noqa: E402,F401
 from oodlab.cli import subsets as _subsets  # noqa: E402,F401
+from oodlab.cli import train as _train  # noqa: E402,F401
+from oodlab.cli import experiments as _experiments  # noqa: E402,F401
 from oodlab.cli import demo as _demo  # noqa: E402,F401
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -16,9 +16,11 @@ TARGET = "oodlab.demo:run_demo"
 def demo(
     out: Path = typer.Argument(Path("demo-out"), help="Output folder (re-running resumes)."),
     preset: str = typer.Option("default", help="Synthetic world size: tiny, small, default."),
-    seed: int = typer.Option(0, help="World seed."),
+    seed: int = typer.Option(0, help="Seed of the world and of training."),
     workers: Optional[int] = typer.Option(None, help="Processes for world generation (default: all cores)."),
     model: str = typer.Option("tiny-vit", help="CLIP architecture used throughout."),
+    epochs: Optional[int] = typer.Option(None, help="Training epochs of every CLIP run (default: the model's)."),
+    stages: Optional[List[str]] = typer.Option(None, "--stage", help="Run only these stages (repeat; default: all)."),
 ) -> None:
     """Run the whole pipeline on the synthetic world and say where the outputs are."""
-    call(TARGET, out=out, preset=preset, seed=seed, workers=workers, model=model)
+    call(TARGET, out=out, preset=preset, seed=seed, workers=workers, model=model, epochs=epochs, stages=stages)

@@ -1,0 +1,244 @@
+"""``oodlab train``: train CLIP with open_clip's trainer on webdataset shards, recorded and resumable.
+
+Layout of a run folder ``RUN``::
+
+    config.json                the configuration (model, batch size, epochs, lr, warmup, wd,
+                               precision, seed, samples seen, ...) and the data (shards, count,
+                               the manifest of the stage that wrote them)
+    checkpoints/epoch_0.pt     the untrained model (the trainer's own initialisation)
+    checkpoints/epoch_{n}.pt   after epoch n (open_clip's format: epoch, name, state_dict, optimizer)
+    out.log, params.txt        open_clip's log and its full argument list
+    manifest.json              written when the run is complete
+
+The trainer runs in a child process (``python -m oodlab.train.entry``), so a crash cannot take
+the caller down; its log streams into a progress bar. Re-running the same command on an
+unfinished run resumes from its last complete checkpoint (weights, optimizer and schedule); on
+a finished run it does nothing. A different configuration for an existing run folder is an
+error. Runs are not bit-reproducible: open_clip's webdataset pipeline shuffles samples with a
+buffer that webdataset seeds from the clock (the initialisation, epoch 0, is reproducible).
+
+On the default synthetic world, ``oodlab train --data WORLD/pool --model tiny-vit --out RUN``
+takes under 3 minutes on 2 cores and reaches 65-75% zero-shot top-1 on ``WORLD/eval/val``
+(the settings are in :data:`oodlab.train.config.MODEL_DEFAULTS`).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from oodlab.train.checkpoints import complete_checkpoint, epoch_checkpoints
+from oodlab.train.config import TrainConfig, build_config
+from oodlab.train.data import resolve_train_data
+from oodlab.train.launch import single_command, slurm_script, torchrun_command
+from oodlab.utils.atomic import read_json, write_json
+from oodlab.utils.errors import IncompatibleError, InputError, OodlabError
+from oodlab.utils.manifest import write_manifest
+from oodlab.utils.progress import Timer, progress, summary
+
+log = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+LOG_NAME = "out.log"
+_STEP = re.compile(r"Train Epoch: (\d+) \[\s*(\d+)/(\d+)")
+_LOSS = re.compile(r" Loss: ([0-9.]+)")
+
+
+class TrainingFailed(OodlabError):
+    """open_clip's trainer exited with an error (its log names the cause)."""
+
+
+def _config_record(cfg: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
+    return {"stage": "train.train", "config": cfg.to_json(), "data": data}
+
+
+def _comparable(record: dict[str, Any]) -> dict[str, Any]:
+    """What must agree for a run folder to be resumed (workers and device may change)."""
+    cfg = {k: v for k, v in record["config"].items() if k not in ("workers", "device", "steps_per_epoch")}
+    return {"config": cfg, "shards": record["data"]["pattern"], "count": record["data"]["count"]}
+
+
+def _prepare(out: Path, record: dict[str, Any], overwrite: bool) -> None:
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    existing = out / CONFIG_NAME
+    if existing.is_file():
+        old = read_json(existing)
+        if _comparable(old) != _comparable(record):
+            raise IncompatibleError(
+                existing,
+                "the run folder holds a run with another configuration or data",
+                "choose a new --out, pass the same settings to resume, or pass --overwrite to start afresh",
+            )
+    elif out.exists() and any(out.iterdir()):
+        raise InputError(out, "exists and is not an oodlab training run", "choose a new --out or pass --overwrite")
+    write_json(existing, record)
+
+
+def _finished(out: Path, epochs: int) -> bool:
+    """Whether the run's last epoch was written completely."""
+    done = [c for c in epoch_checkpoints(out) if c.epoch == epochs]
+    return bool(done) and complete_checkpoint(str(done[0].path))
+
+
+def _trainer_env(cfg: TrainConfig) -> dict[str, str]:
+    """The trainer's environment. On CPU, OpenMP threads sleep instead of spinning while they
+    wait (``OMP_WAIT_POLICY=PASSIVE``, unless set): the data-loading worker shares the cores with
+    them, and spinning threads starve it (about 10% faster on 2 cores)."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if cfg.device == "cpu":
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return env
+
+
+def _stream(cmd: list[str], cfg: TrainConfig, env: dict[str, str],
+            start_epoch: int) -> tuple[int, list[str], float | None]:
+    """Run the trainer, its log driving a progress bar; returns (exit status, its last lines,
+    last logged loss)."""
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    loss = None
+    steps = cfg.steps_per_epoch()
+    with progress(f"train {cfg.model}", total=steps * cfg.epochs, unit="steps") as advance:
+        advance(start_epoch * steps)
+        position = start_epoch * steps
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                bufsize=1, errors="replace")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail.append(line)
+            m = _STEP.search(line)
+            if m:
+                epoch, seen = int(m.group(1)), int(m.group(2))
+                now = epoch * steps + -(-seen // cfg.batch_size)
+                if now > position:
+                    advance(now - position)
+                    position = now
+                lm = _LOSS.search(line)
+                loss = float(lm.group(1)) if lm else loss
+            elif "Start epoch" in line or "resuming checkpoint" in line:
+                log.info(line.split(" | ")[-1])
+        status = proc.wait()
+    return status, list(tail), loss
+
+
+def train(
+    data: str | Path | Sequence[str | Path],
+    model: str,
+    out: str | Path,
+    *,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+    lr: float | None = None,
+    warmup: int | None = None,
+    wd: float | None = None,
+    precision: str | None = None,
+    lr_scheduler: str | None = None,
+    epochs_cooldown: int | None = None,
+    lr_cooldown_end: float | None = None,
+    seed: int = 0,
+    workers: int = 1,
+    device: str = "cpu",
+    extra_args: str = "",
+    print_command: bool = False,
+    nodes: int = 1,
+    gpus_per_node: int = 8,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train ``model`` on webdataset shards with open_clip's trainer, writing the run to ``out``.
+
+    Args:
+        data: shards: a folder of ``.tar`` (a pool, a subset written as shards), brace patterns
+            (quoted), globs or tar paths. Their sample count becomes ``--train-num-samples``.
+        model: open_clip architecture or oodlab tiny config (``tiny-vit`` with its defaults:
+            under 3 minutes on 2 cores, about 73% zero-shot top-1 on the default world's val set).
+        out: the run folder (``RUN/checkpoints/epoch_{n}.pt``); an unfinished run is resumed.
+        batch_size: global contrastive batch (None: the model's default; tiny models 128, paper
+            models 33,600).
+        epochs: passes over the data (None: model default; tiny models 7, paper models 32).
+        lr: peak learning rate (None: model default); cosine decay after linear warmup.
+        warmup: warmup steps (None: model default).
+        wd: AdamW weight decay (None: model default).
+        precision: open_clip precision (None: model default; tiny models ``fp32``, others ``amp``).
+        lr_scheduler: ``cosine``, ``const`` or ``const-cooldown`` (None: model default; tiny
+            models ``const-cooldown``, others ``cosine``).
+        epochs_cooldown: final epochs of linear lr decay for ``const-cooldown`` (None: model default).
+        lr_cooldown_end: lr at the end of the cooldown (None: model default).
+        seed: seed of the initialisation and data order.
+        workers: data-loading processes (open_clip needs at least 1 and no more than shards).
+        device: ``cpu`` or ``cuda``.
+        extra_args: further open_clip_train arguments, as one shell-quoted string.
+        print_command: do not train: return the torchrun and Slurm command lines for this
+            configuration on ``nodes`` x ``gpus_per_node`` GPUs.
+        nodes: nodes of the printed Slurm command.
+        gpus_per_node: GPUs per node of the printed commands.
+        overwrite: delete ``out`` first instead of resuming.
+
+    Returns:
+        the run's manifest (``print_command``: ``{"torchrun", "slurm", "single"}`` command lines).
+
+    Raises:
+        InputError: bad data or arguments; IncompatibleError: ``out`` holds another run;
+        TrainingFailed: the trainer exited with an error (the run can be resumed).
+    """
+    out = Path(out).absolute()
+    shards = resolve_train_data(data)
+    cfg = build_config(model=model, data=shards.pattern, num_samples=shards.count, batch_size=batch_size,
+                       epochs=epochs, lr=lr, warmup=warmup, wd=wd, precision=precision, lr_scheduler=lr_scheduler,
+                       epochs_cooldown=epochs_cooldown, lr_cooldown_end=lr_cooldown_end, seed=seed,
+                       workers=workers, device=device, extra_args=extra_args)
+    if cfg.workers > len(shards.shards):
+        raise InputError(None, f"workers={cfg.workers} but the data has {len(shards.shards)} shards",
+                         "use at most one worker per shard (open_clip's requirement)")
+    if print_command:
+        return {
+            "single": " ".join(["python", *single_command(cfg, out, resume=True)]),
+            "torchrun": torchrun_command(cfg, out, gpus_per_node),
+            "slurm": slurm_script(cfg, out, nodes, gpus_per_node),
+        }
+    record = _config_record(cfg, shards.describe())
+    _prepare(out, record, overwrite)
+    start_epoch = max((c.epoch for c in epoch_checkpoints(out) if complete_checkpoint(str(c.path))), default=0)
+    with Timer() as timer:
+        if start_epoch >= cfg.epochs:
+            status, tail, loss = 0, [], None
+        else:
+            cmd = [sys.executable, *single_command(cfg, out, resume=True)]
+            env = _trainer_env(cfg)
+            status, tail, loss = _stream(cmd, cfg, env, start_epoch)
+    if status != 0 or not _finished(out, cfg.epochs):
+        last = "\n".join(tail[-15:])
+        raise TrainingFailed(
+            f"{out / LOG_NAME}: open_clip's trainer exited with status {status} before epoch {cfg.epochs}. "
+            f"Last lines:\n{last}\nFix: see the log; re-running the same command resumes from the last checkpoint."
+        )
+    checkpoints = epoch_checkpoints(out)
+    manifest = write_manifest(
+        out,
+        "train.train",
+        inputs={"data": shards.describe()},
+        parameters=cfg.to_json(),
+        model={"architecture": cfg.model},
+        counts={"samples": shards.count, "samples_seen": cfg.samples_seen(), "epochs": cfg.epochs,
+                "steps": cfg.steps_per_epoch() * cfg.epochs, "checkpoints": len(checkpoints)},
+        outputs={"checkpoints": [str(c.path.relative_to(out)) for c in checkpoints], "config": CONFIG_NAME,
+                 "log": LOG_NAME},
+    )
+    trained = cfg.samples_seen() * (cfg.epochs - start_epoch) // cfg.epochs
+    rate = trained / timer.seconds if timer.seconds > 0 else 0.0
+    if start_epoch >= cfg.epochs:
+        how = "complete already"
+    else:
+        how = (f"resumed at epoch {start_epoch}, " if start_epoch else "") + (
+            f"{trained} samples in {timer.seconds:.1f} s ({rate:.0f}/s)")
+    summary(f"train: {cfg.model} on {shards.count} samples x {cfg.epochs} epochs, batch {cfg.batch_size} "
+            f"({cfg.samples_seen()} samples seen): {how}"
+            f"{'' if loss is None else f', last loss {loss:.3f}'} -> {out} (epoch_0..{cfg.epochs})")
+    return read_json(manifest)
