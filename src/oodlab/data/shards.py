@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Iterator, Mapping
 
-from oodlab.utils.atomic import atomic_path, write_json, write_parquet
+from oodlab.utils.atomic import CommitOnExit, atomic_path, write_json, write_parquet
 from oodlab.utils.errors import InputError
 
 #: Fixed tar header fields, so that a shard's bytes depend only on its content.
@@ -159,7 +159,7 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
         yield current
 
 
-class ShardWriter:
+class ShardWriter(CommitOnExit):
     """Writes one shard (tar + parquet + stats) atomically: nothing appears under the final names
     until :meth:`close`, and the tar is renamed last, so an existing tar means a complete shard.
 
@@ -247,15 +247,6 @@ class ShardWriter:
             self._tar.close()
             self._tar_tmp.unlink(missing_ok=True)
             self._closed = True
-
-    def __enter__(self) -> "ShardWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def shard_complete(folder: str | Path, name: str) -> bool:

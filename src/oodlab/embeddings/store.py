@@ -265,6 +265,28 @@ class EmbeddingStore:
         return pa.concat_tables([pq.read_table(p.meta_path, columns=columns) for p in self.parts], promote_options="default")
 
 
+def check_unit_rows(x: np.ndarray, where: str | Path, what: str = "row", rows: np.ndarray | int = 0) -> None:
+    """Refuse NaN/inf and non-unit rows (cosine similarity needs L2-normalised embeddings).
+
+    Args:
+        x: float [n, d] rows.
+        where: the file they come from (named in the error).
+        what: how to call a row in the message ("row", "eval row", ...).
+        rows: the rows' numbers in ``where``: an array [n], or the number of the first.
+
+    Raises:
+        InputError: naming the first bad row, its problem and the fix.
+    """
+    norms = np.linalg.norm(np.asarray(x, np.float32), axis=1)
+    bad = ~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        row = int(rows[i]) if isinstance(rows, np.ndarray) else rows + i
+        problem = "has NaN/inf values" if not np.isfinite(norms[i]) else f"has norm {norms[i]:.4f}, not 1"
+        raise InputError(where, f"{what} {row} {problem} (cosine similarity needs L2-normalised rows)",
+                         "re-embed it; `oodlab store validate` lists all bad rows")
+
+
 # -- writing ---------------------------------------------------------------------------------
 def normalize_rows(x: np.ndarray) -> np.ndarray:
     """L2-normalise rows in float32 (zero rows stay zero and are reported by validation)."""

@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from oodlab.embeddings.store import NORM_TOLERANCE
 from oodlab.similarity.exact import pair_scores
 from oodlab.similarity.screens import SCREENS, Encoded
 
@@ -40,8 +41,6 @@ GROUP = 16
 TILE_ELEMENTS = 8 * 1024 * 1024
 #: cushion for float32 arithmetic on approximate scores (comparisons, subtraction of thresholds)
 _FP32_CUSHION = 1e-6
-#: |norm - 1| allowed for an input row (float16 storage keeps unit rows within ~5e-4)
-NORM_TOLERANCE = 5e-3
 
 
 @dataclass

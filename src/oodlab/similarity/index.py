@@ -38,7 +38,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from oodlab.embeddings.store import NORM_TOLERANCE, EmbeddingStore
+from oodlab.embeddings.store import EmbeddingStore, check_unit_rows
 from oodlab.models.loading import same_model
 from oodlab.similarity.engine import EvalSet, StreamingNeighbors
 from oodlab.similarity.neighbors import keys_at, stream_pass
@@ -228,18 +228,6 @@ def _apply_search_params(index: Any, params: dict[str, int], where: Path | None 
 
 
 # -- reading helpers -------------------------------------------------------------------------
-def _check_unit(x: np.ndarray, where: Path, what: str, rows: np.ndarray | int) -> None:
-    """Refuse NaN/inf and non-unit rows; ``rows``: the rows' numbers in ``where`` (or the first's)."""
-    norms = np.linalg.norm(x, axis=1)
-    bad = ~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        row = int(rows[i]) if isinstance(rows, np.ndarray) else rows + i
-        problem = "has NaN/inf values" if not np.isfinite(norms[i]) else f"has norm {norms[i]:.4f}, not 1"
-        raise InputError(where, f"{what} {row} {problem} (inner-product search needs L2-normalised rows)",
-                         "re-embed it; `oodlab store validate` lists all bad rows")
-
-
 def _sample_rows(n: int, size: int, seed: int, stream: int) -> np.ndarray:
     """Sorted distinct row indices: a seeded uniform sample of ``min(size, n)`` of ``range(n)``."""
     rng = np.random.default_rng([seed, stream])
@@ -256,7 +244,7 @@ def _gather(store: EmbeddingStore, rows: np.ndarray, *, with_keys: bool = True) 
             emb = np.load(part.img_path, mmap_mode="r", allow_pickle=False)
             local = rows[lo:hi] - offsets[pi]
             block = np.asarray(emb[local], dtype=np.float32)
-            _check_unit(block, part.img_path, "row", local)
+            check_unit_rows(block, part.img_path, "row", local)
             blocks.append(block)
     x = np.concatenate(blocks) if blocks else np.zeros((0, store.dim), np.float32)
     return x, keys_at(store, rows) if with_keys else None
@@ -486,7 +474,7 @@ def _add_store(index: Any, store: EmbeddingStore, keys_path: Path, chunk_rows: i
     with atomic_path(keys_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
             progress("index add", total=store.count, unit="rows") as advance:
         for chunk in store.iter_chunks(chunk_rows, keys=True, dtype=np.float32):
-            _check_unit(chunk.embeddings, store.parts[chunk.part].img_path, "row", chunk.start)
+            check_unit_rows(chunk.embeddings, store.parts[chunk.part].img_path, "row", chunk.start)
             index.add(chunk.embeddings)
             writer.write_table(pa.table({"key": pa.array(chunk.keys.tolist(), pa.string())}, schema=schema))
             advance(len(chunk))
@@ -581,7 +569,7 @@ def search_index(
             with atomic_path(out / NEIGHBORS_FILE) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
                     progress("index search", total=ev.count, unit="queries") as advance:
                 for chunk in ev.iter_chunks(chunk_rows, keys=True, dtype=np.float32):
-                    _check_unit(chunk.embeddings, ev.parts[chunk.part].img_path, "eval row", chunk.start)
+                    check_unit_rows(chunk.embeddings, ev.parts[chunk.part].img_path, "eval row", chunk.start)
                     scores, ids = ix.search(chunk.embeddings, k)
                     lo, hi = np.searchsorted(q_rows, [chunk.offset, chunk.offset + len(chunk)])
                     q_ann[lo:hi] = ids[q_rows[lo:hi] - chunk.offset]

@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from oodlab.embeddings.store import NORM_TOLERANCE, EmbeddingStore
+from oodlab.embeddings.store import EmbeddingStore, check_unit_rows
 from oodlab.models.loading import same_model
 from oodlab.similarity.engine import BadRowError, EvalSet, StreamingNeighbors
 from oodlab.utils.atomic import atomic_open, read_json, remove_stale_temporaries, write_json, write_parquet
@@ -45,29 +45,13 @@ def load_eval_set(name: str, path: str | Path, key_column: str | None = None) ->
     """
     store = EmbeddingStore(path, key_column)
     emb, keys = store.read_all()
-    _check_rows(emb, store.path, "eval")
+    check_unit_rows(emb, store.path, "eval row")
     if len(emb) == 0:
         raise InputError(store.path, "holds no rows", "embed the eval set first")
     uniq, counts = np.unique(keys, return_counts=True)
     if (counts > 1).any():
         raise InputError(store.path, f"has duplicate keys, e.g. {uniq[counts > 1][:3].tolist()}", "run `oodlab store validate`")
     return EvalSet(name=name, embeddings=emb, keys=keys), store
-
-
-def _check_rows(x: np.ndarray, where: Path | str, what: str, first_row: int = 0) -> None:
-    finite = np.isfinite(x).all(axis=1)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite)[0]) + first_row
-        raise InputError(where, f"{what} row {row} has NaN/inf values", "re-embed it; `oodlab store validate` lists all bad rows")
-    norms = np.linalg.norm(x, axis=1)
-    off = np.abs(norms - 1) > NORM_TOLERANCE
-    if off.any():
-        row = int(np.flatnonzero(off)[0]) + first_row
-        raise InputError(
-            where,
-            f"{what} row {row} has norm {norms[row - first_row]:.4f}, not 1 (cosine similarity needs L2-normalised rows)",
-            "normalise the embeddings; `oodlab store validate` lists all bad rows",
-        )
 
 
 def _check_compatible(stores: Mapping[str, EmbeddingStore]) -> None:

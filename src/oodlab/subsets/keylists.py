@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from oodlab.utils.atomic import temp_path_for
+from oodlab.utils.atomic import CommitOnExit, temp_path_for
 from oodlab.utils.errors import InputError
 
 KEY_COLUMN = "key"
@@ -90,7 +90,7 @@ def count_keys(path: str | Path) -> int:
     return sum(len(b) for b in iter_keys(path))
 
 
-class KeyListWriter:
+class KeyListWriter(CommitOnExit):
     """Stream rows into a parquet key list; the file appears under its name only on :meth:`close`.
 
     Args:
@@ -130,15 +130,6 @@ class KeyListWriter:
         with contextlib.suppress(Exception):
             self._writer.close()
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> "KeyListWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def membership(keys: np.ndarray, allowed: set[str] | None) -> np.ndarray:

@@ -48,6 +48,26 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
             os.fsync(handle.fileno())
 
 
+class CommitOnExit:
+    """Mixin for writers with ``close()`` (commit) and ``abort()`` (discard): used as a context
+    manager, they commit when the block succeeds and discard everything when it raises."""
+
+    def close(self) -> Any:  # pragma: no cover - implemented by the writer
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - implemented by the writer
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically. Key order is kept, so output is deterministic."""
     with atomic_open(path, "w", encoding="utf-8") as f:

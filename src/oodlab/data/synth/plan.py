@@ -211,12 +211,17 @@ def _draw_spec(rng: np.random.Generator, names: tuple[str, ...], class_index: in
 
 
 def near_duplicate(spec: ImageSpec, rng: np.random.Generator, size: int) -> ImageSpec:
-    """A near-duplicate of ``spec``: shifted 1-2 px, scaled by up to +-3%, new pixel noise, colours
+    """A near-duplicate of ``spec``, as a web copy of an image is (re-encoded, slightly resized or
+    cropped): shifted by half an output pixel, scaled by up to +-1.5%, new pixel noise, colours
     jittered by up to +-4% per channel, another JPEG quality; class, domain, parts, colours,
-    background and style are kept. ``size``: the image side in px."""
-    px = 2.0 / size  # one output pixel in canvas half-size units
-    dx, dy = int(rng.choice([-2, -1, 1, 2])) * px, int(rng.integers(-2, 3)) * px
-    pose = spec.pose.moved(dx, dy, 1.0 + float(rng.uniform(-0.03, 0.03)))
+    background and style (strokes, layout) are kept. ``size``: the image side in px.
+
+    Shifts of whole pixels would move every stroke of a line drawing off its place and make a
+    sketch's copy as different, pixel for pixel, as another sketch of its class.
+    """
+    px = 1.0 / size  # half an output pixel in canvas half-size units
+    dx, dy = int(rng.choice([-1, 1])) * px, int(rng.integers(-1, 2)) * px
+    pose = spec.pose.moved(dx, dy, 1.0 + float(rng.uniform(-0.015, 0.015)))
     qualities = [q for q in _COPY_QUALITIES if q != spec.quality]
     return replace(
         spec,
