@@ -28,6 +28,7 @@ def similarity(
     full_run: Optional[Path] = typer.Option(None, help="Reuse this `oodlab train` run for the full pool's row."),
     per_shard: int = typer.Option(1000, help="Samples per shard of the materialised training sets."),
     workers: int = typer.Option(1, help="Data-loading processes."),
+    parallel: int = typer.Option(1, help="Training runs side by side (each gets cores / parallel threads)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
 ) -> None:
     """Train on the full, aligned-pruned, near/far-pruned and random pools; print the paper's table."""
@@ -35,5 +36,5 @@ def similarity(
 
     call(SIMILARITY, pool=pool, neighbors=neighbors, evals=parse_pairs(evals, "--eval"), out=out, model=model,
          sets=sets or list(TRAINING_SETS), epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-         full_run=full_run, per_shard=per_shard, workers=workers, device=device)
+         full_run=full_run, per_shard=per_shard, workers=workers, parallel=parallel, device=device)
     typer.echo(read_table(out))

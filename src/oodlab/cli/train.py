@@ -29,6 +29,7 @@ def train(
     lr_cooldown_end: Optional[float] = typer.Option(None, help="Learning rate at the end of the cooldown (default: the model's)."),
     seed: int = typer.Option(0, help="Seed of the initialisation and the data order."),
     workers: int = typer.Option(1, help="Data-loading processes (1 to the number of shards)."),
+    threads: Optional[int] = typer.Option(None, help="Compute threads of the trainer (default: all cores)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     extra_args: str = typer.Option("", help="Further open_clip_train arguments, one quoted string (e.g. '--grad-clip-norm 1')."),
     print_command: bool = typer.Option(False, help="Print the torchrun and Slurm command lines for this configuration instead of training."),
@@ -39,7 +40,7 @@ def train(
     """Train CLIP with open_clip's trainer on webdataset shards; records config.json, keeps epoch_0."""
     result = call(TRAIN, data=data, model=model, out=out, batch_size=batch_size, epochs=epochs, lr=lr,
                   warmup=warmup, wd=wd, precision=precision, lr_scheduler=lr_scheduler,
-                  epochs_cooldown=epochs_cooldown, lr_cooldown_end=lr_cooldown_end, seed=seed, workers=workers, device=device,
+                  epochs_cooldown=epochs_cooldown, lr_cooldown_end=lr_cooldown_end, seed=seed, workers=workers, threads=threads, device=device,
                   extra_args=extra_args, print_command=print_command, nodes=nodes, gpus_per_node=gpus_per_node,
                   overwrite=overwrite)
     if print_command:

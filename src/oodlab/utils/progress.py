@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 import time
 from typing import Iterator
 
@@ -19,6 +20,10 @@ from rich.progress import (
 )
 
 console = Console(stderr=True, highlight=False)
+#: bars shown now; rich draws one live display at a time, so a bar started while another runs
+#: (nested stages, or runs side by side in threads) stays hidden
+_active = 0
+_lock = threading.Lock()
 
 
 def _quiet() -> bool:
@@ -31,7 +36,11 @@ def progress(description: str, total: float | None, unit: str = "items") -> Iter
 
     Hidden when ``OODLAB_QUIET=1`` or stderr is not a terminal (CI logs stay readable).
     """
-    disable = _quiet() or not sys.stderr.isatty()
+    global _active
+    with _lock:
+        disable = _quiet() or not sys.stderr.isatty() or _active > 0
+        if not disable:
+            _active += 1
     columns = [
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -40,9 +49,14 @@ def progress(description: str, total: float | None, unit: str = "items") -> Iter
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     ]
-    with Progress(*columns, console=console, disable=disable, transient=False) as bar:
-        task = bar.add_task(description, total=total)
-        yield Advance(bar, task)
+    try:
+        with Progress(*columns, console=console, disable=disable, transient=False) as bar:
+            task = bar.add_task(description, total=total)
+            yield Advance(bar, task)
+    finally:
+        if not disable:
+            with _lock:
+                _active -= 1
 
 
 class Advance:

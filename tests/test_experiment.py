@@ -1,0 +1,93 @@
+"""``oodlab experiment similarity`` on the tiny world: training-set sizes checked against a numpy
+computation of similarity-aligned pruning on the stored embeddings; two runs side by side; the
+table's accuracies are the per-sample predictions' accuracies; a re-run trains nothing."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from oodlab.embeddings.embed import embed
+from oodlab.embeddings.store import EmbeddingStore
+from oodlab.experiments.similarity import similarity_experiment
+from oodlab.similarity.neighbors import neighbors
+
+EVALS = ("val", "sketch")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from oodlab.data.synth import generate_world
+
+    root = tmp_path_factory.mktemp("x")
+    world = root / "world"
+    generate_world(world, preset="tiny", seed=5, workers=1)
+    sources = {"pool": world / "pool", "imagenet-train": world / "imagenet-train"}
+    sources.update({name: world / "eval" / name for name in EVALS})
+    for name, source in sources.items():  # an untrained model: a fixed random embedding space
+        embed([source], root / "stores" / name, model="tiny-vit", workers=1)
+    nb = root / "neighbors"
+    neighbors(root / "stores" / "pool", {n: root / "stores" / n for n in EVALS}, nb, k=5,
+              reference={"imagenet-train": root / "stores" / "imagenet-train"})
+    out = root / "experiment"
+    manifest = similarity_experiment(world / "pool", nb, {n: world / "eval" / n for n in EVALS}, out,
+                                     sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
+                                     per_shard=100, parallel=2)
+    return root, out, manifest
+
+
+def _aligned_removed(root: Path) -> int:
+    """Pool samples j with s(i, j) > t_i for some eval sample i, t_i = i's best similarity to
+    ImageNet-train: brute force in float64 on the stored embeddings."""
+    pool = EmbeddingStore(root / "stores" / "pool").read_all(dtype=np.float64)[0]
+    ref = EmbeddingStore(root / "stores" / "imagenet-train").read_all(dtype=np.float64)[0]
+    removed = np.zeros(len(pool), bool)
+    for name in EVALS:
+        q = EmbeddingStore(root / "stores" / name).read_all(dtype=np.float64)[0]
+        t = (q @ ref.T).max(axis=1)
+        removed |= ((q @ pool.T) > t[:, None]).any(axis=0)
+    return int(removed.sum())
+
+
+def test_table_sizes_match_brute_force_pruning(setup):
+    root, out, manifest = setup
+    rows = {r["training_set"]: r for r in csv.DictReader((out / "table.csv").open())}
+    assert list(rows) == ["full", "combined-pruned", "random"]
+    n = EmbeddingStore(root / "stores" / "pool").count
+    removed = _aligned_removed(root)
+    assert 0 < removed < n
+    assert (int(rows["full"]["size"]), int(rows["full"]["removed"])) == (n, 0)
+    assert (int(rows["combined-pruned"]["size"]), int(rows["combined-pruned"]["removed"])) == (n - removed, removed)
+    assert int(rows["random"]["size"]) == n - removed
+    table = (out / "table.md").read_text()
+    assert "| Dataset | Size | Val | Sketch |" in table and f"| full | {n:,} |" in table
+    assert f"| - combined-pruned | -{removed:,} |" in table
+
+
+def test_table_accuracy_is_the_predictions_accuracy(setup):
+    _, out, manifest = setup
+    for row in manifest["table"]:
+        label = Path(row["checkpoint"]).stem
+        assert label == "epoch_1"
+        for name in EVALS:
+            correct = pq.read_table(out / "eval" / row["training_set"] / label / name / "predictions.parquet",
+                                    columns=["correct"]).column("correct").to_numpy()
+            assert row["top1"][name] == pytest.approx(correct.mean())
+    assert (out / "accuracy" / "val").is_dir()
+
+
+def test_rerun_trains_nothing(setup):
+    _, out, manifest = setup
+    runs = {r["training_set"]: Path(r["run"]) for r in manifest["table"]}
+    before = {name: (run / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns for name, run in runs.items()}
+    root = out.parent
+    again = similarity_experiment(root / "world" / "pool", root / "neighbors",
+                                  {n: root / "world" / "eval" / n for n in EVALS}, out,
+                                  sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
+                                  per_shard=100, parallel=2)
+    assert {name: (run / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns for name, run in runs.items()} == before
+    assert [r["top1"] for r in again["table"]] == [r["top1"] for r in manifest["table"]]
