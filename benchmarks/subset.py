@@ -101,7 +101,7 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     from oodlab.subsets import subset
-    from oodlab.subsets.tarindex import index_tar
+    from oodlab.data.tarindex import index_tar
 
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="oodlab-bench-subset-") as tmp:
         root = Path(tmp)

@@ -113,3 +113,24 @@ def test_link_member_refused(tmp_path):
 
     with pytest.raises(InputError, match="link"):
         list(iter_tar_samples(_tar_with(tmp_path, build)))
+
+
+def test_compressed_and_global_header_tars_read_like_plain_ones(tmp_path):
+    """The compiled index serves plain tars; gzip and pax-global-header tars go through tarfile:
+    all three give the samples a hand-built tar holds."""
+    members = {f"{i:09d}": {"jpg": bytes([i]) * (700 + i), "txt": f"cap {i}".encode()} for i in range(4)}
+
+    def build(path: Path, mode: str, **kw) -> None:
+        with tarfile.open(path, mode, **kw) as tar:
+            for key, m in members.items():
+                for ext, data in m.items():
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+
+    build(tmp_path / "plain.tar", "w")
+    build(tmp_path / "z.tar.gz", "w:gz")
+    build(tmp_path / "g.tar", "w", format=tarfile.PAX_FORMAT, pax_headers={"comment": "global"})
+    for name in ("plain.tar", "z.tar.gz", "g.tar"):
+        got = list(iter_tar_samples(tmp_path / name))
+        assert [(s.key, s.members) for s in got] == list(members.items()), name

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 import oodlab.cli.subsets  # noqa: F401  (registers the commands)
 from oodlab.cli._app import app
-from oodlab.data.shards import TruncatedShardError, iter_tar_samples
+from oodlab.data.shards import TruncatedShardError, _stream_tar_samples, iter_tar_samples
 from oodlab.subsets.reshard import subset
-from oodlab.subsets.tarindex import index_tar
+from oodlab.data.tarindex import index_tar
 from oodlab.utils.errors import InputError
 from tests.helpers import kill_9_midway, tree_bytes, write_shards
 
@@ -196,9 +196,11 @@ def test_index_agrees_with_the_tarfile_reader(tmp_path, fmt):
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
     index = index_tar(tmp_path / "t.tar")
-    ref = list(iter_tar_samples(tmp_path / "t.tar"))
+    ref = list(_stream_tar_samples(tmp_path / "t.tar"))  # tarfile's own parsing
     raw = (tmp_path / "t.tar").read_bytes()
     assert [k.decode() for k in index.keys] == [s.key for s in ref]
+    # iter_tar_samples reads intact tars through the index: the same samples
+    assert [(s.key, s.members) for s in iter_tar_samples(tmp_path / "t.tar")] == [(s.key, s.members) for s in ref]
     for i, sample in enumerate(ref):
         lo, hi = index.bounds[i], index.bounds[i + 1]
         assert [e.decode() for e in index.ext[lo:hi]] == list(sample.members)

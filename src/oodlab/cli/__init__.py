@@ -33,7 +33,10 @@ def main() -> None:
 
     from oodlab.utils.progress import console
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    # libraries log to the root logger (open_clip's model factory says "Loaded built-in ... config"
+    # at INFO for every model it creates): only their warnings show, oodlab's own INFO does
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    logging.getLogger("oodlab").setLevel(logging.INFO)
     try:
         # click returns the code of a ``typer.Exit`` instead of exiting when not standalone
         code = app(standalone_mode=False)

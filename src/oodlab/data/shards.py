@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -108,13 +109,48 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
 
     Skips ``__*__`` housekeeping members and directories. Memory holds one sample at a time.
 
+    An uncompressed, intact tar is read through its compiled index (:mod:`oodlab.data.tarindex`:
+    one read per sample; tarfile's per-header Python parsing cost ~100 us per 3-member sample, as
+    much as decoding a small JPEG); a compressed or damaged one through tarfile's streaming mode,
+    which yields the samples before the damage. Both refuse the same members with the same errors.
+
     Raises:
         TruncatedShardError: the tar ends inside a member or lacks its end-of-archive marker
             (tarfile accepts a tar cut at a block boundary silently); every complete sample
             before the damage has been yielded.
         InputError: a member is a link or special file, or its path escapes the folder.
     """
+    from oodlab.data.tarindex import index_tar
+
     path = Path(path)
+    with open(path, "rb") as raw:
+        if raw.read(6).startswith(_COMPRESSED_MAGIC):
+            yield from _stream_tar_samples(path)
+            return
+        try:
+            index = index_tar(path)
+        except InputError:  # damage, or what only tarfile reads (pax global headers): its verdict
+            yield from _stream_tar_samples(path)
+            return
+        fd = raw.fileno()
+        starts, sizes, bounds = index.data.tolist(), index.size.tolist(), index.bounds.tolist()
+        exts = [e.decode("utf-8", "surrogateescape") for e in index.ext.tolist()]
+        for i, key in enumerate(index.keys.tolist()):
+            first, last = bounds[i], bounds[i + 1]
+            offset = starts[first]
+            length = starts[last - 1] + sizes[last - 1] - offset
+            span = os.pread(fd, length, offset)
+            if len(span) != length:  # the file shrank after it was indexed
+                raise TruncatedShardError(path, f"truncated while being read (sample {key!r})", "re-create this shard")
+            sample = RawSample(key=key.decode("utf-8", "surrogateescape"), shard=str(path))
+            for m in range(first, last):
+                lo = starts[m] - offset
+                sample.members[exts[m]] = span[lo : lo + sizes[m]]
+            yield sample
+
+
+def _stream_tar_samples(path: Path) -> Iterator[RawSample]:
+    """:func:`iter_tar_samples` through tarfile's streaming mode (compressed or damaged tars)."""
     current: RawSample | None = None
     with open(path, "rb") as raw:
         compressed = raw.read(6).startswith(_COMPRESSED_MAGIC)

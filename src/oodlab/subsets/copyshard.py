@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from oodlab.subsets.tarindex import BLOCK, RECORD_SIZE, index_tar
+from oodlab.data.tarindex import BLOCK, RECORD_SIZE, index_tar
 from oodlab.utils.atomic import atomic_path, write_parquet
 
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}

@@ -2,7 +2,7 @@
 
 Two phases, each split into idempotent units run by ``workers`` processes:
 
-1. scan (one unit per input tar): :func:`~oodlab.subsets.tarindex.index_tar` reads the tar's
+1. scan (one unit per input tar): :func:`~oodlab.data.tarindex.index_tar` reads the tar's
    headers, the samples whose key was requested are selected, and their member spans and caption
    are written atomically to ``OUT/.staging/index/{i:05d}.npz``. A unit whose file exists is
    skipped on re-run.
@@ -42,7 +42,7 @@ import numpy as np
 from oodlab.data.shards import shard_complete
 from oodlab.subsets.copyshard import ShardPlan, write_shard
 from oodlab.subsets.keylists import read_keys
-from oodlab.subsets.tarindex import index_tar
+from oodlab.data.tarindex import index_tar
 from oodlab.subsets.uids import key_uids, openclip_args
 from oodlab.utils.atomic import atomic_path, read_json, remove_stale_temporaries, save_npy, write_json, write_parquet
 from oodlab.utils.errors import IncompatibleError, InputError

@@ -48,8 +48,8 @@ PAPER_DEFAULTS = Defaults(batch_size=33_600, epochs=32, lr=5e-4, warmup=2000, wd
 
 #: tiny-vit on the default synthetic world (12,000 pool samples, 24 classes), 2 CPU cores, with
 #: patch 16 and text context 16: 7 epochs take 155-168 s and reach 65-75% zero-shot top-1 on
-#: the world's val set (3 runs; runs differ because webdataset seeds its sample shuffle from the
-#: clock). At the same cost a constant lr with a 2-epoch linear cooldown beat the cosine
+#: the world's val set (3 runs, measured before oodlab seeded the sample shuffle, when runs
+#: differed by their data order). At the same cost a constant lr with a 2-epoch linear cooldown beat the cosine
 #: schedule (60%) and a constant lr (66%); peak lr 2e-3 diverged early (37%), 5e-4 and 1e-3
 #: were alike; batch 256 for 8 epochs matched batch 128 for 7. With patch 8 and context 32 the
 #: model is 2.5x slower per sample: 4 epochs (the most that fit) reach 50%.

@@ -14,8 +14,9 @@ The trainer runs in a child process (``python -m oodlab.train.entry``), so a cra
 the caller down; its log streams into a progress bar. Re-running the same command on an
 unfinished run resumes from its last complete checkpoint (weights, optimizer and schedule); on
 a finished run it does nothing. A different configuration for an existing run folder is an
-error. Runs are not bit-reproducible: open_clip's webdataset pipeline shuffles samples with a
-buffer that webdataset seeds from the clock (the initialisation, epoch 0, is reproducible).
+error. A run is reproducible from its seed (initialisation and sample order, see
+:mod:`oodlab.train.entry`) up to float rounding that depends on the thread count; a resumed run's
+sample order after the resume differs from an uninterrupted one's.
 
 On the default synthetic world, ``oodlab train --data WORLD/pool --model tiny-vit --out RUN``
 takes under 3 minutes on 2 cores and reaches 65-75% zero-shot top-1 on ``WORLD/eval/val``
