@@ -5,7 +5,7 @@ under ``OUT``; each tool skips work that is complete, so an interrupted demo re-
 
 1. ``world``: generate the synthetic world (pool shards, ImageNet-like folders, DomainNet).
 2. ``model``: train the tiny CLIP on the whole pool: the embedding space of the similarity
-   stages (the paper used a CLIP trained on LAION-400M).
+   stages (the paper used a CLIP trained on LAION-400M); its zero-shot top-1 on val.
 3. ``embed``: embed the pool, ImageNet-train and the six eval sets with it; validate the stores.
 4. ``neighbors``: one exact pass of the pool against all eval sets, ImageNet-train as reference;
    count the planted near-duplicates found as their test image's nearest neighbour.
@@ -78,10 +78,14 @@ def stage_world(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_model(ctx: DemoContext) -> dict[str, Any]:
+    from oodlab.evaluation.evaluate import evaluate
     from oodlab.train.run import train
 
     manifest = train(ctx.world / "pool", ctx.model, ctx.model_run, epochs=ctx.epochs, seed=ctx.seed)
-    return {"run": str(ctx.model_run), "checkpoint": str(ctx.checkpoint), "config": manifest.get("config")}
+    results = evaluate(ctx.model, ctx.checkpoint, {"val": ctx.world / "eval" / "val"}, ctx.model_run / "eval")
+    top1 = results["datasets"]["val"]["metrics"]["acc1"][-1]
+    return {"run": str(ctx.model_run), "checkpoint": str(ctx.checkpoint), "config": str(ctx.model_run / "config.json"),
+            "val_top1": top1}
 
 
 def stage_embed(ctx: DemoContext) -> dict[str, Any]:
