@@ -116,7 +116,8 @@ def similarity_experiment(
         full_run: an existing ``oodlab train`` run on the full pool to reuse for its row (e.g.
             the model that embedded the data), trained with the same configuration.
         per_shard: samples per shard of the materialised training sets.
-        workers: data-loading processes for training and evaluation.
+        workers: data-loading processes for training and evaluation (evaluation decodes
+            in-process when ``parallel > 1``).
         parallel: training runs side by side, each with ``cores / parallel`` compute threads (on
             CPU, two single-threaded runs of a tiny model do ~25% more work than one run with two
             threads: its small matrix products do not scale across cores).
@@ -147,18 +148,25 @@ def similarity_experiment(
             jobs[name] = (data, size, removed, run)
         threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
 
-        def fit(name: str) -> None:  # a finished run is returned as is, an interrupted one resumed
+        def fit(name: str) -> dict[str, Any]:
+            """Train (a finished run is returned as is, an interrupted one resumed), then evaluate
+            right away: the evaluation fills the time another run leaves a core idle."""
             data, _, _, run = jobs[name]
-            train(data, model, run, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
-                  threads=threads, device=device)
+            if not (name == "full" and full_run is not None):
+                train(data, model, run, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, workers=workers,
+                      threads=threads, device=device)
+            # with runs side by side, this thread must not fork DataLoader workers (a fork while
+            # another thread holds a lock can deadlock the child): evaluation decodes in-process
+            return evaluate(model, _final_checkpoint(run), dict(evals), out / "eval" / name, device=device,
+                            workers=workers if parallel <= 1 else 0)
 
-        to_train = sorted((n for n in jobs if not (n == "full" and full_run is not None)), key=lambda n: -jobs[n][1])
+        order = sorted(jobs, key=lambda n: -jobs[n][1])  # largest first: the pool stays busy to the end
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool_of_runs:
-            list(pool_of_runs.map(fit, to_train))  # largest first: the pool stays busy to the end
+            evaluated = dict(zip(order, pool_of_runs.map(fit, order)))
         rows = []
         for name, (data, size, removed, run) in jobs.items():
             final = _final_checkpoint(run)
-            results = evaluate(model, final, dict(evals), out / "eval" / name, device=device, workers=workers)
+            results = evaluated[name]
             accuracy = {n: results["datasets"][n]["metrics"]["acc1"][-1] for n in names}
             rows.append({"training_set": name, "size": size, "removed": removed, "run": str(run),
                          "checkpoint": str(final), "top1": accuracy})
