@@ -17,15 +17,6 @@ from oodlab.utils.errors import IncompatibleError, InputError
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from oodlab.data.synth import generate_world
-
-    out = tmp_path_factory.mktemp("w") / "world"
-    generate_world(out, preset="tiny", seed=2, workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A tiny-vit with seeded random weights, saved as an open_clip training checkpoint."""
     import open_clip

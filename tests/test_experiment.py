@@ -20,12 +20,8 @@ EVALS = ("val", "sketch")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from oodlab.data.synth import generate_world
-
+def setup(world, tmp_path_factory):
     root = tmp_path_factory.mktemp("x")
-    world = root / "world"
-    generate_world(world, preset="tiny", seed=5, workers=1)
     sources = {"pool": world / "pool", "imagenet-train": world / "imagenet-train"}
     sources.update({name: world / "eval" / name for name in EVALS})
     for name, source in sources.items():  # an untrained model: a fixed random embedding space
@@ -80,13 +76,11 @@ def test_table_accuracy_is_the_predictions_accuracy(setup):
     assert (out / "accuracy" / "val").is_dir()
 
 
-def test_rerun_trains_nothing(setup):
-    _, out, manifest = setup
+def test_rerun_trains_nothing(setup, world):
+    root, out, manifest = setup
     runs = {r["training_set"]: Path(r["run"]) for r in manifest["table"]}
     before = {name: (run / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns for name, run in runs.items()}
-    root = out.parent
-    again = similarity_experiment(root / "world" / "pool", root / "neighbors",
-                                  {n: root / "world" / "eval" / n for n in EVALS}, out,
+    again = similarity_experiment(world / "pool", root / "neighbors", {n: world / "eval" / n for n in EVALS}, out,
                                   sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
                                   per_shard=100, parallel=2)
     assert {name: (run / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns for name, run in runs.items()} == before

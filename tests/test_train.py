@@ -27,15 +27,6 @@ def _shards(world: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from oodlab.data.synth import generate_world
-
-    out = tmp_path_factory.mktemp("w") / "world"
-    generate_world(out, preset="tiny", seed=4, workers=1)
-    return out
-
-
-@pytest.fixture(scope="module")
 def run(world, tmp_path_factory):
     out = tmp_path_factory.mktemp("r") / "run"
     manifest = train(_shards(world), out=out, **FAST)

@@ -100,7 +100,8 @@ def check_member_path(tar_path: str | Path, name: str) -> None:
         )
 
 
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
+#: leading bytes of gzip, bzip2 and xz streams (tars that must be decompressed to be read)
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
 _END_OF_ARCHIVE = b"\0" * 1024
 
 
@@ -124,12 +125,9 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
 
     path = Path(path)
     with open(path, "rb") as raw:
-        if raw.read(6).startswith(_COMPRESSED_MAGIC):
-            yield from _stream_tar_samples(path)
-            return
         try:
             index = index_tar(path)
-        except InputError:  # damage, or what only tarfile reads (pax global headers): its verdict
+        except InputError:  # compression, damage, or what only tarfile reads (pax global headers)
             yield from _stream_tar_samples(path)
             return
         fd = raw.fileno()
@@ -153,7 +151,7 @@ def _stream_tar_samples(path: Path) -> Iterator[RawSample]:
     """:func:`iter_tar_samples` through tarfile's streaming mode (compressed or damaged tars)."""
     current: RawSample | None = None
     with open(path, "rb") as raw:
-        compressed = raw.read(6).startswith(_COMPRESSED_MAGIC)
+        compressed = raw.read(6).startswith(COMPRESSED_MAGIC)
         raw.seek(0)
         try:
             with tarfile.open(fileobj=raw, mode="r|*") as tar:

@@ -22,13 +22,12 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from oodlab.data.shards import TruncatedShardError, check_member_path, split_member_name
+from oodlab.data.shards import COMPRESSED_MAGIC, TruncatedShardError, check_member_path, split_member_name
 from oodlab.utils.errors import InputError
 
 BLOCK = 512
 #: tarfile pads archives to records of 20 blocks
 RECORD_SIZE = 20 * BLOCK
-_COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
 
 # walk status
 _OK, _TRUNCATED, _NO_END, _BAD_HEADER = 0, 1, 2, 3
@@ -241,7 +240,7 @@ def index_tar(path: str | Path, *, read_ext: bytes | None = None) -> TarIndex:
         raise TruncatedShardError(path, "truncated or corrupt tar (shorter than one header)", "re-download or re-create this shard")
     buf = np.memmap(path, dtype=np.uint8, mode="r")
     try:
-        if bytes(buf[:6]).startswith(_COMPRESSED_MAGIC):
+        if bytes(buf[:6]).startswith(COMPRESSED_MAGIC):
             raise InputError(path, "is a compressed tar, which subset copies cannot index", "decompress it first (e.g. gunzip)")
         index = _index(path, buf)
         if read_ext is not None:

@@ -1,0 +1,15 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A tiny synthetic world, generated once per session; tests only read it."""
+    from oodlab.data.synth import generate_world
+
+    out = tmp_path_factory.mktemp("w") / "world"
+    generate_world(out, preset="tiny", seed=4, workers=1)
+    return out
