@@ -26,7 +26,7 @@ def write_images(folder: Path, n: int, size: int, per_shard: int = 1000) -> None
     """Shards of smooth random JPEGs (as img2dataset writes them), ``size`` px."""
     from PIL import Image
 
-    from oodlab.data.shards import ShardWriter, make_key
+    from oodlab.data.shard_writer import ShardWriter, make_key
 
     rng = np.random.default_rng(0)
     for s in range(-(-n // per_shard)):

@@ -34,7 +34,7 @@ import numpy as np
 
 
 def make_shards(folder: Path, n_shards: int, per_shard: int, sample_bytes: int, seed: int = 0) -> list[str]:
-    from oodlab.data.shards import ShardWriter, make_key
+    from oodlab.data.shard_writer import ShardWriter, make_key
 
     rng = np.random.default_rng(seed)
     keys = []
@@ -63,7 +63,8 @@ def plain_copy(tars: list[Path], out: Path) -> int:
 
 
 def sample_copy(tars: list[Path], out: Path) -> int:
-    from oodlab.data.shards import ShardWriter, iter_tar_samples
+    from oodlab.data.shard_writer import ShardWriter
+    from oodlab.data.shards import iter_tar_samples
 
     n = 0
     for tar in tars:

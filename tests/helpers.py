@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from oodlab.data.shards import ShardWriter, make_key
+from oodlab.data.shard_writer import ShardWriter, make_key
 
 
 def jpeg_bytes(rng: np.random.Generator, size: int = 64) -> bytes:

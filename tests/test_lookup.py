@@ -7,7 +7,7 @@ import pytest
 
 import oodlab.data.lookup as lookup
 from oodlab.data.lookup import iter_images, read_images
-from oodlab.data.shards import make_key
+from oodlab.data.shard_writer import make_key
 from oodlab.utils.errors import InputError
 from tests.helpers import write_image_folder, write_shards
 

@@ -5,15 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from oodlab.data.shards import (
-    InputError,
-    ShardWriter,
-    TruncatedShardError,
-    iter_tar_samples,
-    make_key,
-    shard_complete,
-    split_member_name,
-)
+from oodlab.data.shard_writer import ShardWriter, make_key, shard_complete
+from oodlab.data.shards import iter_tar_samples
+from oodlab.data.tarformat import TruncatedShardError, split_member_name
+from oodlab.utils.errors import InputError
 from tests.helpers import write_shards
 
 

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import oodlab.cli.subsets  # noqa: F401  (registers the commands)
 from oodlab.cli._app import app
-from oodlab.data.shards import TruncatedShardError, _stream_tar_samples, iter_tar_samples
+from oodlab.data.shards import _stream_tar_samples, iter_tar_samples
+from oodlab.data.tarformat import TruncatedShardError
 from oodlab.subsets.reshard import subset
 from oodlab.data.tarindex import index_tar
 from oodlab.utils.errors import InputError

@@ -13,7 +13,7 @@ import torch
 
 import oodlab  # noqa: F401  (torchvision next to the CPU torch)
 from oodlab.train.data import resolve_train_data
-from oodlab.train.checkpoints import latest_resumable
+from oodlab.models.checkpoints import latest_resumable
 from oodlab.train.run import train
 from oodlab.utils.errors import IncompatibleError, InputError
 from oodlab.utils.hashing import sha256_file

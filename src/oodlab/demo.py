@@ -63,9 +63,9 @@ class DemoContext:
 
     @property
     def checkpoint(self) -> Path:
-        from oodlab.experiments.similarity import _final_checkpoint
+        from oodlab.models.checkpoints import final_checkpoint
 
-        return _final_checkpoint(self.model_run)
+        return final_checkpoint(self.model_run)
 
 
 def stage_world(ctx: DemoContext) -> dict[str, Any]:

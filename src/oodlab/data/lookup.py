@@ -23,7 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
 from oodlab.data.folders import is_image_file, is_image_folder
-from oodlab.data.shards import IMAGE_EXTENSIONS, iter_tar_samples
+from oodlab.data.shards import iter_tar_samples
+from oodlab.data.tarformat import IMAGE_EXTENSIONS
 from oodlab.utils.errors import InputError
 from oodlab.utils.patterns import expand_paths
 

@@ -1,4 +1,4 @@
-"""Webdataset shards in the layout img2dataset writes.
+"""Reading webdataset shards in the layout img2dataset writes.
 
 Layout of a shard folder::
 
@@ -8,38 +8,34 @@ Layout of a shard folder::
 
 Keys are ``{shard:05d}{index:04d}`` (9 digits) when shards hold at most 10,000 samples, as in
 LAION-400M. A sample's key is its member name up to the first dot of the base name (the
-webdataset convention), so ``0000100023.jpg`` and ``0000100023.txt`` belong together.
+webdataset convention, :mod:`oodlab.data.tarformat`), so ``0000100023.jpg`` and
+``0000100023.txt`` belong together.
 
 Tars are read in streaming mode. Members that are not regular files or whose path would escape
 the folder (absolute, ``..``) are refused; a truncated tar raises :class:`TruncatedShardError`
-naming the file, after yielding every complete sample before the damage.
+naming the file, after yielding every complete sample before the damage. Shards are written by
+:mod:`oodlab.data.shard_writer`.
 """
 
 from __future__ import annotations
 
-import io
 import json
-import math
 import os
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator
 
-from oodlab.utils.atomic import CommitOnExit, atomic_path, write_json, write_parquet
+from oodlab.data.tarformat import (
+    COMPRESSED_MAGIC,
+    IMAGE_EXTENSIONS,
+    TruncatedShardError,
+    check_member_path,
+    split_member_name,
+)
 from oodlab.utils.errors import InputError
 
-#: Fixed tar header fields, so that a shard's bytes depend only on its content.
-_TAR_MTIME = 0
-_TAR_MODE = 0o644
-
-
-class TruncatedShardError(InputError):
-    """A tar ended in the middle of a member (an interrupted download or copy)."""
-
-
-#: member extensions read as a sample's image, in order of preference
-IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+_END_OF_ARCHIVE = b"\0" * 1024
 
 
 @dataclass
@@ -70,39 +66,6 @@ class RawSample:
             return json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise InputError(self.shard, f"sample {self.key}: json member is not valid JSON ({err})") from err
-
-
-def make_key(shard_index: int, index: int, per_shard: int = 10_000) -> str:
-    """img2dataset's key: shard id (5 digits) followed by the index zero-padded to the number of
-    digits of ``per_shard - 1`` (4 for 10,000 per shard)."""
-    width = max(1, math.ceil(math.log10(per_shard))) if per_shard > 1 else 1
-    if not 0 <= index < 10**width:
-        raise ValueError(f"index {index} does not fit {width} digits")
-    return f"{shard_index:05d}{index:0{width}d}"
-
-
-def split_member_name(name: str) -> tuple[str, str]:
-    """``dir/abc.seg.png`` -> (``dir/abc``, ``seg.png``): key up to the first dot of the base name."""
-    path = PurePosixPath(name)
-    base, _, ext = path.name.partition(".")
-    parent = "" if str(path.parent) == "." else f"{path.parent}/"
-    return parent + base, ext
-
-
-def check_member_path(tar_path: str | Path, name: str) -> None:
-    """Refuse member names that would escape the folder they are extracted or copied into."""
-    p = PurePosixPath(name)
-    if p.is_absolute() or ".." in p.parts or name.startswith("\\") or ":" in p.parts[0]:
-        raise InputError(
-            tar_path,
-            f"member {name!r} has a path that escapes its folder",
-            "the shard is malformed or malicious; re-create it",
-        )
-
-
-#: leading bytes of gzip, bzip2 and xz streams (tars that must be decompressed to be read)
-COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ")
-_END_OF_ARCHIVE = b"\0" * 1024
 
 
 def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
@@ -192,98 +155,3 @@ def _stream_tar_samples(path: Path) -> Iterator[RawSample]:
     if current is not None:
         yield current
 
-
-class ShardWriter(CommitOnExit):
-    """Writes one shard (tar + parquet + stats) atomically: nothing appears under the final names
-    until :meth:`close`, and the tar is renamed last, so an existing tar means a complete shard.
-
-    Args:
-        folder: output folder.
-        name: shard name without extension (``"00000"``).
-        columns: the parquet columns, in order; records missing a column get null.
-        schema: optional pyarrow schema of the parquet, so that every shard of a set gets the same
-            column types even when a column is all-null in one shard.
-    """
-
-    def __init__(self, folder: str | Path, name: str, columns: Iterable[str] = ("key", "caption", "status"),
-                 schema: Any = None):
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self.columns = list(columns) if schema is None else list(schema.names)
-        self.schema = schema
-        self._records: list[dict[str, Any]] = []
-        self._keys: set[str] = set()
-        self._tar_ctx = atomic_path(self.tar_path)
-        self._tar_tmp = self._tar_ctx.__enter__()
-        self._tar = tarfile.open(self._tar_tmp, "w", format=tarfile.PAX_FORMAT)
-        self._closed = False
-
-    @property
-    def tar_path(self) -> Path:
-        return self.folder / f"{self.name}.tar"
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def write(self, key: str, members: Mapping[str, bytes], record: Mapping[str, Any] | None = None) -> None:
-        """Add a sample: ``members`` maps extension to bytes (written in the given order)."""
-        if key in self._keys:
-            raise InputError(self.tar_path, f"duplicate key {key}", "keys must be unique within a shard")
-        self._keys.add(key)
-        for ext, data in members.items():
-            name = f"{key}.{ext}"
-            check_member_path(self.tar_path, name)
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mtime = _TAR_MTIME
-            info.mode = _TAR_MODE
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
-        row = {"key": key}
-        row.update(record or {})
-        self._records.append(row)
-
-    def close(self) -> Path:
-        """Commit the shard: write parquet and stats, then rename the tar into place."""
-        if self._closed:
-            return self.tar_path
-        import pyarrow as pa
-
-        self._tar.close()
-        columns = self.columns + sorted({k for r in self._records for k in r} - set(self.columns))
-        rows = [{c: r.get(c) for c in columns} for r in self._records]
-        if self.schema is not None:
-            extra = set(columns) - set(self.schema.names)
-            if extra:
-                raise ValueError(f"records have columns {sorted(extra)} that the schema lacks")
-            table = pa.Table.from_pylist(rows, schema=self.schema)
-        else:
-            table = pa.Table.from_pylist(rows)
-        write_parquet(self.folder / f"{self.name}.parquet", table)
-        statuses = [r.get("status", "success") for r in self._records]
-        write_json(
-            self.folder / f"{self.name}_stats.json",
-            {
-                "count": len(self._records),
-                "successes": sum(s == "success" for s in statuses),
-                "failed_to_download": sum(s != "success" for s in statuses),
-            },
-        )
-        self._tar_ctx.__exit__(None, None, None)
-        self._closed = True
-        return self.tar_path
-
-    def abort(self) -> None:
-        """Discard the shard (its temporary tar is removed)."""
-        if not self._closed:
-            self._tar.close()
-            self._tar_tmp.unlink(missing_ok=True)
-            self._closed = True
-
-
-def shard_complete(folder: str | Path, name: str) -> bool:
-    """Whether a shard written by :class:`ShardWriter` is complete (its tar was committed last)."""
-    folder = Path(folder)
-    return all((folder / f"{name}{suffix}").exists() for suffix in (".tar", ".parquet", "_stats.json"))

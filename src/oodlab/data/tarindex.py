@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from oodlab.data.shards import COMPRESSED_MAGIC, TruncatedShardError, check_member_path, split_member_name
+from oodlab.data.tarformat import COMPRESSED_MAGIC, TruncatedShardError, check_member_path, split_member_name
 from oodlab.utils.errors import InputError
 
 BLOCK = 512

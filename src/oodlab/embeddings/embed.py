@@ -27,7 +27,8 @@ import torch
 import torch.utils.data
 
 from oodlab.data.folders import FolderSample, is_image_folder, read_file_list, scan_image_folder
-from oodlab.data.shards import TruncatedShardError, iter_tar_samples
+from oodlab.data.shards import iter_tar_samples
+from oodlab.data.tarformat import TruncatedShardError
 from oodlab.embeddings import store as st
 from oodlab.utils.atomic import remove_stale_temporaries
 from oodlab.utils.errors import IncompatibleError, InputError

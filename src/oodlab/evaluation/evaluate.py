@@ -33,7 +33,7 @@ from oodlab.evaluation.datasets import EvalDataset, load_dataset
 from oodlab.evaluation.images import BatchSource
 from oodlab.evaluation.metrics import classification_metrics, clip_benchmark_record
 from oodlab.evaluation.zeroshot import ClassPrototypes, classify
-from oodlab.train.checkpoints import Checkpoint, resolve_checkpoints
+from oodlab.models.checkpoints import Checkpoint, resolve_checkpoints
 from oodlab.utils.atomic import atomic_open, read_json, remove_stale_temporaries, write_json, write_parquet
 from oodlab.utils.errors import IncompatibleError, InputError
 from oodlab.utils.manifest import write_manifest

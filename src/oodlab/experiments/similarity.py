@@ -127,6 +127,7 @@ def similarity_experiment(
         the manifest, whose ``table`` holds the rows.
     """
     from oodlab.evaluation.evaluate import evaluate
+    from oodlab.models.checkpoints import final_checkpoint
     from oodlab.subsets.reshard import subset
     from oodlab.train.run import train
 
@@ -157,7 +158,7 @@ def similarity_experiment(
                       threads=threads, device=device)
             # with runs side by side, this thread must not fork DataLoader workers (a fork while
             # another thread holds a lock can deadlock the child): evaluation decodes in-process
-            return evaluate(model, _final_checkpoint(run), dict(evals), out / "eval" / name, device=device,
+            return evaluate(model, final_checkpoint(run), dict(evals), out / "eval" / name, device=device,
                             workers=workers if parallel <= 1 else 0)
 
         order = sorted(jobs, key=lambda n: -jobs[n][1])  # largest first: the pool stays busy to the end
@@ -165,7 +166,7 @@ def similarity_experiment(
             evaluated = dict(zip(order, pool_of_runs.map(fit, order)))
         rows = []
         for name, (data, size, removed, run) in jobs.items():
-            final = _final_checkpoint(run)
+            final = final_checkpoint(run)
             results = evaluated[name]
             accuracy = {n: results["datasets"][n]["metrics"]["acc1"][-1] for n in names}
             rows.append({"training_set": name, "size": size, "removed": removed, "run": str(run),
@@ -191,15 +192,6 @@ def _pool_size(pool: Path) -> int:
     from oodlab.train.data import resolve_train_data
 
     return resolve_train_data(pool).count
-
-
-def _final_checkpoint(run: Path) -> Path:
-    from oodlab.train.checkpoints import epoch_checkpoints
-
-    checkpoints = epoch_checkpoints(run / "checkpoints")
-    if not checkpoints:
-        raise InputError(run, "has no checkpoints", "train it first (oodlab train)")
-    return Path(checkpoints[-1].path)
 
 
 def _accuracy_plots(out: Path, neighbors: Path, names: list[str], rows: list[dict]) -> None:

@@ -97,30 +97,6 @@ def _first_bad_row(norms: torch.Tensor) -> int | None:
     return int(torch.nonzero(bad)[0, 0]) if bool(bad.any()) else None
 
 
-def make_gemm(a_low: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``x -> x @ a_low.T``. On CPU with bf16, oneDNN's linear with the eval side packed once
-    (instead of per call) runs ~7% faster here; it is used only if it reproduces the plain
-    product bit for bit on a probe (the error bounds assume oneDNN's bf16 GEMM)."""
-
-    def plain(x: torch.Tensor) -> torch.Tensor:
-        return x @ a_low.T
-
-    if a_low.device.type != "cpu" or a_low.dtype != torch.bfloat16:
-        return plain
-    try:
-        packed = torch.ops.mkldnn._reorder_linear_weight(a_low, rows)
-
-        def prepacked(x: torch.Tensor) -> torch.Tensor:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
-
-        probe = torch.randn(min(rows, 64), a_low.shape[1], generator=torch.Generator().manual_seed(0)).to(a_low.dtype)
-        if torch.equal(prepacked(probe), plain(probe)):
-            return prepacked
-    except (AttributeError, RuntimeError, NotImplementedError):
-        pass  # a torch without these oneDNN ops
-    return plain
-
-
 def _padded(tile: torch.Tensor) -> torch.Tensor:
     """The tile with -inf rows appended up to a multiple of GROUP rows (for group views)."""
     pad = -len(tile) % GROUP

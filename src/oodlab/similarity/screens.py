@@ -16,12 +16,36 @@ that close to a training row's maximum; re-scoring them costs more than the fast
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from oodlab.similarity.bounds import RowErrors, row_errors, score_bound
+
+
+def make_gemm(a_low: torch.Tensor, rows: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> x @ a_low.T``. On CPU with bf16, oneDNN's linear with the eval side packed once
+    (instead of per call) runs ~7% faster here; it is used only if it reproduces the plain
+    product bit for bit on a probe (the error bounds assume oneDNN's bf16 GEMM)."""
+
+    def plain(x: torch.Tensor) -> torch.Tensor:
+        return x @ a_low.T
+
+    if a_low.device.type != "cpu" or a_low.dtype != torch.bfloat16:
+        return plain
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(a_low, rows)
+
+        def prepacked(x: torch.Tensor) -> torch.Tensor:
+            return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+
+        probe = torch.randn(min(rows, 64), a_low.shape[1], generator=torch.Generator().manual_seed(0)).to(a_low.dtype)
+        if torch.equal(prepacked(probe), plain(probe)):
+            return prepacked
+    except (AttributeError, RuntimeError, NotImplementedError):
+        pass  # a torch without these oneDNN ops
+    return plain
 
 
 @dataclass
@@ -37,8 +61,6 @@ class FloatScreen:
     """Rows cast to a float dtype (bf16 fast path, or fp32)."""
 
     def __init__(self, name: str, dtype: torch.dtype, a32: torch.Tensor, tile_rows: int):
-        from oodlab.similarity.engine import make_gemm
-
         self.name, self.dtype, self.dim = name, dtype, a32.shape[1]
         self.a_low = a32.to(dtype)
         self.a_err = row_errors(a32, self.a_low)

@@ -5,7 +5,7 @@ byte for byte), then the end-of-archive marker (two zero blocks) padded to tarfi
 record size. Runs of adjacent spans are copied with one ``os.copy_file_range`` call (in-kernel,
 no copy through Python), falling back to ``pread``/``write``.
 
-Commit order matches :class:`oodlab.data.shards.ShardWriter`: parquet and stats first, the tar
+Commit order matches :class:`oodlab.data.shard_writer.ShardWriter`: parquet and stats first, the tar
 renamed into place last, so an existing tar means a complete shard (``shard_complete``). With
 ``verify``, the temporary tar is indexed again before the rename and its keys and member sizes
 must be the planned ones.

@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
-from oodlab.data.shards import shard_complete
+from oodlab.data.shard_writer import shard_complete
 from oodlab.subsets.copyshard import ShardPlan, write_shard
 from oodlab.subsets.keylists import read_keys
 from oodlab.data.tarindex import index_tar

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from oodlab.data.shards import IMAGE_EXTENSIONS, iter_tar_samples
+from oodlab.data.shards import iter_tar_samples
+from oodlab.data.tarformat import IMAGE_EXTENSIONS
 from oodlab.utils.errors import InputError
 from oodlab.utils.hashing import sha256_file
 from oodlab.utils.manifest import MANIFEST_NAME

@@ -29,7 +29,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
-from oodlab.train.checkpoints import EPOCH0_NAME, latest_resumable
+from oodlab.models.checkpoints import EPOCH0_NAME, latest_resumable
 
 
 def save_checkpoint(obj: dict[str, Any], path: str) -> None:

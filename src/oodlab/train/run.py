@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from oodlab.train.checkpoints import complete_checkpoint, epoch_checkpoints
+from oodlab.models.checkpoints import complete_checkpoint, epoch_checkpoints
 from oodlab.train.config import TrainConfig, build_config
 from oodlab.train.data import resolve_train_data
 from oodlab.train.launch import single_command, slurm_script, torchrun_command

@@ -13,7 +13,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from oodlab.data.shards import make_key
+from oodlab.data.shard_writer import make_key
 from oodlab.data.synth.captions import Caption, make_caption
 from oodlab.data.synth.classes import class_names
 from oodlab.data.synth.config import WorldConfig

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 
-from oodlab.data.shards import ShardWriter
+from oodlab.data.shard_writer import ShardWriter
 from oodlab.data.synth.captions import (
     ALT_TEXT_TEMPLATES,
     DOMAIN_TERMS,

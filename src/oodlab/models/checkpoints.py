@@ -1,4 +1,4 @@
-"""The checkpoints of a training run: ``RUN/checkpoints/epoch_{n}.pt`` (n = 0 is the untrained model).
+"""The checkpoints of a training run, as every stage that loads weights resolves them: ``RUN/checkpoints/epoch_{n}.pt`` (n = 0 is the untrained model).
 
 Epochs are read from the file names as integers (``epoch_10`` after ``epoch_9``); open_clip's
 ``epoch_latest.pt`` and temporaries are not epochs. A file the trainer was killed while writing
@@ -75,6 +75,18 @@ def resolve_checkpoints(checkpoint: str | Path) -> list[Checkpoint]:
         raise InputError(path, "holds no epoch_{n}.pt checkpoints (nor checkpoints/ with them)",
                          "pass a weights file or an `oodlab train` run folder")
     raise InputError(path, "checkpoint not found", "pass a weights file or an `oodlab train` run folder")
+
+
+def final_checkpoint(run: str | Path) -> Path:
+    """The last complete ``epoch_{n}.pt`` of a training run (or checkpoints folder).
+
+    Raises:
+        InputError: the run holds no complete checkpoint.
+    """
+    found = [c for c in epoch_checkpoints(run) if complete_checkpoint(str(c.path))]
+    if not found:
+        raise InputError(run, "has no complete epoch_{n}.pt checkpoint", "train it first (oodlab train)")
+    return found[-1].path
 
 
 def complete_checkpoint(path: str) -> bool:
