@@ -1,19 +1,35 @@
 """Create an open_clip model and load its weights from a local file, strictly.
 
-Accepted weight files: open_clip / OpenAI state dicts (``.pt``, ``.bin``, ``.pth``),
-``.safetensors``, and open_clip *training* checkpoints (``{"state_dict": ..., "epoch": ...}``
-with ``module.`` prefixes from DDP). Everything is read with ``weights_only=True``. A checkpoint
-that does not match the architecture fails with the list of mismatches; nothing is loaded with
-``strict=False``.
+Weights go through open_clip's own loader (``open_clip.load_checkpoint``), so oodlab loads what
+open_clip loads: open_clip state dicts (``.pt``, ``.bin``, ``.pth``), ``.safetensors``, open_clip
+*training* checkpoints (``{"state_dict": ..., "epoch": ...}`` with ``module.`` prefixes from DDP),
+OpenAI state dicts, with open_clip's key conversions and its resizing of positional embeddings
+to the architecture's image size and context length. On top of open_clip, oodlab
 
-Every loaded model carries an *identity* (architecture, weight checksum, preprocessing,
-precision) that stages record in their manifests and compare before mixing artifacts.
+- reads every file itself first with ``weights_only=True`` (:func:`read_state_dict`), so what
+  reaches open_clip is a file that already loaded as plain tensors: open_clip's reader retries
+  ``torch.load`` *without* ``weights_only`` when the first call raises ``TypeError``;
+- refuses TorchScript archives (OpenAI's original ``.pt`` release). ``torch.jit.load`` unpickles
+  no Python objects, but the archive is a program: its TorchScript code is compiled and run by
+  the TorchScript interpreter (a scripted class's ``__setstate__`` runs while loading), which
+  PyTorch's security policy says to treat as executable code from an unknown source, and
+  ``torch.load(weights_only=True)`` refuses such archives (so open_clip's
+  ``create_model(..., pretrained=FILE)`` fails on them too). The error says how to get the same
+  weights as a state dict;
+- checks the converted state dict against the architecture before anything is copied: a
+  mismatch is an :class:`IncompatibleError` listing the missing, unexpected and shape-mismatched
+  keys, never a partial load.
+
+Every loaded model carries an *identity* (architecture, checksum of the weights file loaded,
+preprocessing, precision) that stages record in their manifests and compare before mixing
+artifacts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +43,16 @@ log = logging.getLogger(__name__)
 PRECISIONS: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
+
+#: scalars OpenAI's CLIP release keeps beside the weights; open_clip drops them from OpenAI
+#: state dicts (``load_state_dict`` for TorchScript files, ``build_model_from_openai_state_dict``)
+_OPENAI_METADATA = ("input_resolution", "context_length", "vocab_size")
+
+_CONVERT_TORCHSCRIPT = (
+    "python -c \"import oodlab, open_clip, torch, sys; "
+    "torch.save(open_clip.load_openai_model(sys.argv[1], device='cpu').state_dict(), sys.argv[2])\" "
+    "FILE.pt FILE-state.pt"
+)
 
 
 @dataclass
@@ -61,13 +87,25 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         parameter name -> tensor, with ``module.`` / ``_orig_mod.`` prefixes removed.
 
     Raises:
-        InputError: the file is missing, unreadable, or not a state dict.
+        InputError: the file is missing, unreadable, not a state dict, or a TorchScript archive
+            (program code, see the module docstring).
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "checkpoint file not found", "pass the path of a local weights file")
+    if path.suffix != ".safetensors" and _is_torchscript(path):
+        raise InputError(
+            path,
+            "is a TorchScript archive (the format of OpenAI's original CLIP release): TorchScript is "
+            "program code, run by torch.jit.load, which oodlab does not load (torch.load with "
+            "weights_only=True refuses it too)",
+            "use the same weights as a state dict (open_clip's hub copies of OpenAI's models, e.g. "
+            "timm/vit_base_patch32_clip_224.openai, open_clip_model.safetensors) or, only if you trust "
+            f"the file, convert it once with open_clip's OpenAI loader: {_CONVERT_TORCHSCRIPT}; "
+            "OpenAI's models use QuickGELU: load them with --model ARCH-quickgelu (e.g. ViT-B-32-quickgelu)",
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -94,27 +132,75 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     return out
 
 
-def _load_strict(model: Any, state: dict[str, Any], path: Path, name: str) -> None:
-    own = model.state_dict()
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip with ``constants.pkl``, the member
+    ``torch.jit.save`` writes and ``torch.save`` does not (the test torch.load itself applies)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _mismatches(own: dict[str, tuple[int, ...]], state: dict[str, tuple[int, ...]]) -> str:
+    """The keys that keep a state dict from loading strictly into a model, from both sides'
+    key -> shape, as one line (empty when none)."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if tuple(state[k].shape) != tuple(own[k].shape)
+        f"{k}: checkpoint {state[k]} vs model {own[k]}" for k in set(own) & set(state) if state[k] != own[k]
     )
-    if missing or unexpected or shapes:
-        details = "; ".join(
-            f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-            if items
-        )
-        raise IncompatibleError(
-            path,
-            f"does not match architecture {name!r} ({details})",
-            "pass the --model the checkpoint was trained with",
-        )
-    model.load_state_dict(state, strict=True)
+    return "; ".join(
+        f"{label} {items[:5]}{' ...' if len(items) > 5 else ''}"
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+        if items
+    )
+
+
+def _mismatch_error(path: Path, name: str, details: str) -> IncompatibleError:
+    return IncompatibleError(
+        path, f"does not match architecture {name!r} ({details})", "pass the --model the checkpoint was trained with"
+    )
+
+
+def _load_weights(model: Any, path: Path, name: str) -> None:
+    """Load ``path`` into ``model`` through ``open_clip.load_checkpoint``, strictly.
+
+    open_clip converts the state dict (third-party key layouts, the old text-tower layout, the
+    shape of ``logit_scale``, positional-embedding resizing) and loads it in one call, so the
+    strict check runs in a load-state-dict pre-hook on the model: it sees the converted dict
+    before any tensor is copied, and raising there leaves the model untouched.
+    """
+    import open_clip
+
+    raw = _shapes(read_state_dict(path))
+
+    def check(module: Any, state: dict[str, Any], prefix: str, *_: Any) -> None:
+        own = _shapes(module.state_dict())
+        for key in _OPENAI_METADATA:
+            if key not in own:
+                state.pop(key, None)
+        details = _mismatches(own, _shapes(state))
+        if details:
+            raise _mismatch_error(path, name, details)
+
+    handle = model.register_load_state_dict_pre_hook(check)
+    try:
+        open_clip.load_checkpoint(model, str(path), strict=True, weights_only=True, device="cpu")
+    except IncompatibleError:
+        raise
+    except Exception as err:  # a conversion open_clip cannot apply to this architecture
+        details = _mismatches(_shapes(model.state_dict()), raw)
+        raise _mismatch_error(path, name, details or f"{type(err).__name__}: {err}") from err
+    finally:
+        handle.remove()
+    changed = sorted(k for k, shape in _shapes(model.state_dict()).items() if raw.get(k, shape) != shape)
+    if changed:
+        log.warning("%s: open_clip changed the shape of %s to fit architecture %r", path, changed, name)
+
+
+def _shapes(state: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
 
 
 def model_identity(
@@ -164,13 +250,17 @@ def load_model(
         name: any open_clip architecture (``ViT-B-32``, ``RN50``, ...) or an oodlab tiny config
             (``tiny-vit``, ``tiny-rn``). A folder with ``open_clip_config.json`` passed as
             ``checkpoint`` brings its own architecture (open_clip's ``local-dir:``).
-        checkpoint: a weights file or such a folder. None: random weights drawn with ``seed``
-            (the identity records it; useful for tests and pipelines, not for science).
+        checkpoint: a weights file (formats: module docstring) or such a folder. None: random
+            weights drawn with ``seed`` (the identity records it; useful for tests and
+            pipelines, not for science).
         device: ``cpu`` or ``cuda[:i]``.
         precision: ``fp32``, ``bf16`` (fast on CPUs with AMX and on GPUs) or ``fp16`` (GPU).
 
     Raises:
-        InputError: unknown architecture or precision, unreadable or mismatched checkpoint.
+        InputError: unknown architecture or precision, unreadable checkpoint (TorchScript
+            archives included), a folder without its config or weights file.
+        IncompatibleError: the checkpoint, after open_clip's conversions, does not match the
+            architecture (the message lists missing, unexpected and shape-mismatched keys).
     """
     import open_clip
     import torch
@@ -184,6 +274,8 @@ def load_model(
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(None, f"device {device!r} requested but CUDA is not available", "use --device cpu")
     ckpt = Path(checkpoint) if checkpoint is not None else None
+    # a model folder's own config sets its architecture and tokenizer (context length, HF tokenizer)
+    source = f"local-dir:{ckpt}" if ckpt is not None and ckpt.is_dir() else name
     torch.manual_seed(seed)
     with _quiet_open_clip():
         model, ckpt = _create(name, ckpt)
@@ -191,29 +283,62 @@ def load_model(
     model = model.to(device=device, dtype=dtype).eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = open_clip.get_tokenizer(source)
     embed_dim = int(getattr(model.visual, "output_dim", 0) or model.text_projection.shape[1])
     identity = model_identity(name, ckpt, seed, precision, cfg, embed_dim)
     return LoadedModel(model=model, preprocess=preprocess, tokenizer=tokenizer, identity=identity)
 
 
 def _create(name: str, ckpt: Path | None) -> tuple[Any, Path | None]:
+    """The model (random weights, or ``ckpt``'s) and the weights file it was loaded from."""
     import open_clip
 
     if ckpt is not None and ckpt.is_dir():
-        model = open_clip.create_model(f"local-dir:{ckpt}", device="cpu")
-        weights_file = open_clip.factory._find_checkpoint_in_dir(ckpt)
-        return model, (Path(weights_file) if weights_file else ckpt)
+        try:
+            # load_weights=False: the weights go through _load_weights like any file's
+            model = open_clip.create_model(f"local-dir:{ckpt}", load_weights=False, pretrained_text=False,
+                                           device="cpu")
+        except (OSError, ValueError) as err:
+            raise InputError(ckpt, f"is not an open_clip model folder ({err})",
+                             "pass a folder with open_clip_config.json (holding model_cfg) and its weights") from err
+        weights = _local_dir_weights(ckpt)
+        _load_weights(model, weights, f"local-dir:{ckpt}")
+        return model, weights
     if name not in open_clip.list_models():
         raise InputError(
             None,
             f"unknown architecture {name!r}",
             "use an open_clip model name (see open_clip.list_models()) or tiny-vit / tiny-rn",
         )
-    model = open_clip.create_model(name, pretrained=None, device="cpu")
+    # pretrained_text=False: no hub text-tower weights under random init or a full checkpoint
+    model = open_clip.create_model(name, pretrained=None, pretrained_text=False, device="cpu")
     if ckpt is not None:
-        _load_strict(model, read_state_dict(ckpt), ckpt, name)
+        _load_weights(model, ckpt, name)
     return model, ckpt
+
+
+def _local_dir_weights(folder: str | Path) -> Path:
+    """The weights file of an open_clip model folder (``open_clip_config.json`` beside it).
+
+    open_clip's names come first, in open_clip's order of preference (``open_clip_model.safetensors``,
+    then ``open_clip_pytorch_model.bin``: the files ``push_to_hf_hub`` writes); without them, the
+    folder's one ``.safetensors`` / ``.bin`` / ``.pth`` file. Where open_clip would pick one of
+    several other files by name, oodlab asks which.
+
+    Raises:
+        InputError: no weights file, or several and none with open_clip's names.
+    """
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    folder = Path(folder)
+    for fname in (HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME):
+        if (folder / fname).is_file():
+            return folder / fname
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in (".safetensors", ".bin", ".pth"))
+    if len(found) == 1:
+        return found[0]
+    problem = "holds no weights file" if not found else f"holds several weights files {[p.name for p in found]}"
+    raise InputError(folder, problem, f"put the model's weights in it as {HF_SAFE_WEIGHTS_NAME} (or {HF_WEIGHTS_NAME})")
 
 
 class _DropRandomInitNotice(logging.Filter):
