@@ -1,13 +1,18 @@
+import gzip
 import hashlib
 import io
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from oodlab.data.lookup import read_images
 from oodlab.data.shard_writer import ShardWriter, make_key, shard_complete
-from oodlab.data.shards import iter_tar_samples
-from oodlab.data.tarformat import TruncatedShardError, split_member_name
+from oodlab.data.shards import _stream_tar_samples, iter_tar_samples
+from oodlab.data.tarformat import TruncatedShardError, is_housekeeping, split_member_name
+from oodlab.data.tarindex import index_tar
+from oodlab.train.data import resolve_train_data
 from oodlab.utils.errors import InputError
 from tests.helpers import write_shards
 
@@ -129,3 +134,98 @@ def test_compressed_and_global_header_tars_read_like_plain_ones(tmp_path):
     for name in ("plain.tar", "z.tar.gz", "g.tar"):
         got = list(iter_tar_samples(tmp_path / name))
         assert [(s.key, s.members) for s in got] == list(members.items()), name
+
+
+# -- member extensions and housekeeping members --------------------------------------------------
+def _tar_of(path: Path, names: list[str], fmt: int = tarfile.PAX_FORMAT, **given: bytes) -> dict[str, bytes]:
+    """Write regular members ``names`` (in order; random bytes unless ``given[name]``) with tarfile
+    and return {name: bytes}."""
+    rng = np.random.default_rng(len(names))
+    data = {name: given.get(name, rng.bytes(int(rng.integers(1, 900)))) for name in names}
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for name, payload in data.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return data
+
+
+def _readers(path: Path) -> dict[str, Path]:
+    """The plain tar (read through the compiled index) and a gzip copy (tarfile's streaming path)."""
+    gz = path.with_name(path.name + ".gz")
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    return {"index": path, "tarfile": gz}
+
+
+def _webdataset_samples(path: Path) -> list[tuple[str, dict[str, bytes]]]:
+    from webdataset.tariterators import group_by_keys, tar_file_expander
+
+    with open(path, "rb") as stream:
+        samples = list(group_by_keys(tar_file_expander([{"url": str(path), "stream": stream}])))
+    return [(s["__key__"], {k: v for k, v in s.items() if not k.startswith("__")}) for s in samples]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT], ids=["pax", "gnu", "ustar"])
+def test_upper_case_extensions_and_underscore_keys_read_as_webdataset_does(tmp_path, fmt):
+    """Extensions match case-insensitively (webdataset's group_by_keys lower-cases them) and a key
+    that only starts with ``__`` is a sample; ``__x__`` is housekeeping. Long names (pax, GNU,
+    ustar prefix) take the index's Python path, short ones the compiled one."""
+    long = "d" * 80 + "/" + "b" * 60
+    names = ["000000000.JPG", "000000000.TXT", "000000000.Json", "__x__", "000000001.jpeg", "000000001.Txt",
+             "__notes.jpg", "__notes.TXT", "__a_b.PNG", "__a_b.txt", "d/k.Seg.PNG", "d/k.WebP",
+             f"{long}.JPG", f"{long}.TXT", "000000002.jpg", "000000002.txt"]
+    data = _tar_of(tmp_path / "t.tar", names, fmt, **{"000000000.Json": b'{"label": 3}'})
+    expected = _webdataset_samples(tmp_path / "t.tar")
+    assert [k for k, _ in expected] == ["000000000", "000000001", "__notes", "__a_b", "d/k", long, "000000002"]
+    for reader, path in _readers(tmp_path / "t.tar").items():
+        got = list(iter_tar_samples(path))
+        assert [(s.key, s.members) for s in got] == expected, reader
+        # the caption and image roles pick the upper-case members
+        captions = ["000000000.TXT", "000000001.Txt", "__notes.TXT", "__a_b.txt", None, f"{long}.TXT", "000000002.txt"]
+        assert [s.caption for s in got] == [None if n is None else data[n].decode("utf-8", "replace") for n in captions]
+        images = ["000000000.JPG", "000000001.jpeg", "__notes.jpg", "__a_b.PNG", "d/k.WebP", f"{long}.JPG", "000000002.jpg"]
+        assert [s.image for s in got] == [data[n] for n in images]
+        assert got[0].meta == {"label": 3}
+    # tarfile's streaming path on the plain tar too (its end-of-archive check is for plain tars only)
+    assert [(s.key, s.members) for s in _stream_tar_samples(tmp_path / "t.tar")] == expected
+
+
+def test_housekeeping_is_a_base_name_of_the_form_dunder_x_dunder(tmp_path):
+    """Only a key whose base name starts and ends with ``__`` around something is skipped (the
+    expectation below is written by hand from the member list; webdataset's own rule differs:
+    it keeps ``__x__.json`` and skips ``__x__/...`` folders). Long names (pax) take the index's
+    Python path, short ones the compiled walk."""
+    long = "d" * 120
+    names = ["__x__.json", "__notes.jpg", "__notes.txt", "dir/__meta__.TXT", "__.jpg", "____.jpg", "_____.jpg",
+             "a__.jpg", "__x__/a.jpg", "__x___y.txt", "k.jpg", "__info__.seg.png", f"{long}/__meta__.json",
+             f"{long}/__notes.jpg"]
+    data = _tar_of(tmp_path / "t.tar", names)
+    expected = [("__notes", {"jpg": "__notes.jpg", "txt": "__notes.txt"}), ("__", {"jpg": "__.jpg"}),
+                ("____", {"jpg": "____.jpg"}), ("a__", {"jpg": "a__.jpg"}), ("__x__/a", {"jpg": "__x__/a.jpg"}),
+                ("__x___y", {"txt": "__x___y.txt"}), ("k", {"jpg": "k.jpg"}),
+                (f"{long}/__notes", {"jpg": f"{long}/__notes.jpg"})]
+    expected = [(key, {e: data[n] for e, n in m.items()}) for key, m in expected]
+    for reader, path in _readers(tmp_path / "t.tar").items():
+        assert [(s.key, s.members) for s in iter_tar_samples(path)] == expected, reader
+    assert [is_housekeeping(k) for k in ("__x__", "d/__x__", "__notes", "__", "____", "_____", "a__", "__x__/a")] == \
+        [True, True, False, False, False, True, False, False]
+
+
+def test_extensions_differing_only_in_case_are_one_extension(tmp_path):
+    """``a.jpg`` and ``a.JPG`` are two jpg members of one sample: refused by both readers, as
+    webdataset refuses them."""
+    _tar_of(tmp_path / "t.tar", ["a.txt", "a.jpg", "a.JPG"])
+    with pytest.raises(ValueError, match="duplicate"):
+        _webdataset_samples(tmp_path / "t.tar")
+    for path in _readers(tmp_path / "t.tar").values():
+        with pytest.raises(InputError, match="two 'jpg' members"):
+            list(iter_tar_samples(path))
+    with pytest.raises(InputError, match="two 'jpg' members"):
+        index_tar(tmp_path / "t.tar")
+
+
+def test_image_lookup_and_train_count_see_upper_case_members(tmp_path):
+    data = _tar_of(tmp_path / "00000.tar", ["000000000.JPG", "000000000.TXT", "000000001.Png", "000000002.jpg"])
+    assert read_images(["000000000", "000000001"], tmp_path / "00000.tar") == \
+        {"000000000": data["000000000.JPG"], "000000001": data["000000001.Png"]}
+    assert resolve_train_data(tmp_path / "00000.tar").count == 1  # only 000000000 has an image and a caption

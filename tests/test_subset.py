@@ -180,9 +180,11 @@ def test_links_truncation_and_compression_are_refused(tmp_path):
 
 @pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
 def test_index_agrees_with_the_tarfile_reader(tmp_path, fmt):
-    """Long names, prefixes, non-ASCII, directories and housekeeping members, in three formats."""
-    names = ["d/" + "a" * 60 + "/" + "b" * 50 + ".jpg", "d/" + "a" * 60 + "/" + "b" * 50 + ".txt", "__meta__.json",
-             "k1.seg.png", "k1.jpg", "sub/", "d/" + "a" * 60 + "/" + "c" * 50 + "/", "../up/", "ünï.jpg", "ünï.json", "k2.jpg"]
+    """Long names, prefixes, non-ASCII, upper-case extensions, directories and housekeeping members,
+    in three formats."""
+    names = ["d/" + "a" * 60 + "/" + "b" * 50 + ".jpg", "d/" + "a" * 60 + "/" + "b" * 50 + ".TXT", "__meta__.json",
+             "k1.seg.png", "k1.jpg", "sub/", "d/" + "a" * 60 + "/" + "c" * 50 + "/", "../up/", "ünï.jpg", "ünï.json", "k2.jpg",
+             "K3.JPG", "K3.Seg.Png", "__notes.jpg", "____.txt", "dir/__x__.json", "k4.jpg", "k4.TÄG"]
     if fmt == tarfile.USTAR_FORMAT:
         names = [n for n in names if n.isascii()]
     rng = np.random.default_rng(0)
@@ -206,6 +208,50 @@ def test_index_agrees_with_the_tarfile_reader(tmp_path, fmt):
         lo, hi = index.bounds[i], index.bounds[i + 1]
         assert [e.decode() for e in index.ext[lo:hi]] == list(sample.members)
         assert [raw[d : d + n] for d, n in zip(index.data[lo:hi], index.size[lo:hi])] == list(sample.members.values())
+
+
+def _spans(tar_path):
+    """{key: the raw bytes of its members (headers, pax/GNU long-name blocks and padded data)},
+    from the offsets Python's tarfile reports."""
+    raw, out = Path(tar_path).read_bytes(), {}
+    with tarfile.open(tar_path) as tf:
+        for m in tf.getmembers():
+            end = m.offset_data + -(-m.size // 512) * 512
+            out[m.name.split(".", 1)[0]] = out.get(m.name.split(".", 1)[0], b"") + raw[m.offset : end]
+    return out
+
+
+def test_upper_case_extensions_and_underscore_keys_are_copied_byte_for_byte(tmp_path):
+    """``KEY.JPG``/``KEY.TXT`` samples and keys that only start with ``__`` are samples: copied with
+    their original member names, headers and bytes, captions read from ``.TXT``; ``__x__``
+    members are housekeeping, not samples."""
+    long = "d/" + "L" * 120
+    names = ["000000000.JPG", "000000000.TXT", "__meta__.json", "000000001.jpg", "000000001.Txt", "__notes.jpg",
+             "__notes.txt", "000000002.Png", "__a_b.jpg", "__a_b.TXT", "__x__", f"{long}.Jpg", f"{long}.Txt"]
+    (tmp_path / "src").mkdir()
+    rng = np.random.default_rng(0)
+    data = {n: (f"caption of {n}".encode() if n.lower().endswith(".txt") else rng.bytes(int(rng.integers(1, 1500))))
+            for n in names}
+    with tarfile.open(tmp_path / "src" / "00000.tar", "w", format=tarfile.PAX_FORMAT) as tf:
+        for name, payload in data.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload))
+    wanted = ["000000000", "__notes", "000000002", "__a_b", long, "__meta__", "__x__"]
+    manifest = subset(_write_keys(tmp_path / "keys.parquet", wanted), [tmp_path / "src"], tmp_path / "out", per_shard=10)
+    expected = ["000000000", "__notes", "000000002", "__a_b", long]  # tar order; __meta__, __x__ are not samples
+    assert manifest["outputs"]["missing_keys"] == ["__meta__", "__x__"]
+    source, out = _spans(tmp_path / "src" / "00000.tar"), tmp_path / "out" / "00000.tar"
+    raw = out.read_bytes()
+    body = b"".join(source[k] for k in expected)
+    assert raw[: len(body)] == body and raw[len(body):] == b"\0" * (len(raw) - len(body))  # byte for byte
+    assert len(raw) % 10240 == 0
+    got, order = _members(out)
+    assert order == expected and got == {k: [(n, data[n]) for n in names if n.split(".", 1)[0] == k] for k in expected}
+    table = pq.read_table(tmp_path / "out" / "00000.parquet").to_pydict()
+    assert table["key"] == expected
+    assert table["caption"] == [data["000000000.TXT"].decode(), data["__notes.txt"].decode(), None,
+                                data["__a_b.TXT"].decode(), data[f"{long}.Txt"].decode()]
 
 
 def test_a_key_in_two_inputs_is_written_once(tmp_path):

@@ -90,7 +90,8 @@ def iter_images(keys: Iterable[str], sources: str | Path | Sequence[str | Path])
             ImageFolder roots. A key found in several sources is taken from the first one read.
 
     Yields:
-        (key, the stored bytes of its image member: jpg, jpeg, png or webp, in that preference).
+        (key, the stored bytes of its image member: jpg, jpeg, png or webp, in that preference,
+        in any case: ``KEY.JPG`` is the jpg member).
 
     Raises:
         InputError: a source is unusable, or keys are in no source (raised after every found

@@ -9,7 +9,9 @@ Layout of a shard folder::
 Keys are ``{shard:05d}{index:04d}`` (9 digits) when shards hold at most 10,000 samples, as in
 LAION-400M. A sample's key is its member name up to the first dot of the base name (the
 webdataset convention, :mod:`oodlab.data.tarformat`), so ``0000100023.jpg`` and
-``0000100023.txt`` belong together.
+``0000100023.txt`` belong together. Members are keyed by their lower-cased extension
+(``0000100023.JPG`` is the sample's ``jpg``), and ``__x__`` housekeeping members are skipped
+(:func:`oodlab.data.tarformat.is_housekeeping`).
 
 Tars are read in streaming mode. Members that are not regular files or whose path would escape
 the folder (absolute, ``..``) are refused; a truncated tar raises :class:`TruncatedShardError`
@@ -23,7 +25,7 @@ import json
 import os
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Iterator
 
 from oodlab.data.tarformat import (
@@ -31,6 +33,7 @@ from oodlab.data.tarformat import (
     IMAGE_EXTENSIONS,
     TruncatedShardError,
     check_member_path,
+    is_housekeeping,
     split_member_name,
 )
 from oodlab.utils.errors import InputError
@@ -40,7 +43,7 @@ _END_OF_ARCHIVE = b"\0" * 1024
 
 @dataclass
 class RawSample:
-    """One webdataset sample: its key and its members' bytes by extension, in tar order."""
+    """One webdataset sample: its key and its members' bytes by lower-cased extension, in tar order."""
 
     key: str
     members: dict[str, bytes] = field(default_factory=dict)
@@ -71,7 +74,9 @@ class RawSample:
 def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
     """Stream the samples of one tar, grouping consecutive members by key.
 
-    Skips ``__*__`` housekeeping members and directories. Memory holds one sample at a time.
+    Members are keyed by their lower-cased extension (``KEY.JPG`` -> ``members["jpg"]``); skips
+    ``__x__`` housekeeping members (:func:`~oodlab.data.tarformat.is_housekeeping`) and
+    directories. Memory holds one sample at a time.
 
     An uncompressed, intact tar is read through its compiled index (:mod:`oodlab.data.tarindex`:
     one read per sample; tarfile's per-header Python parsing cost ~100 us per 3-member sample, as
@@ -82,7 +87,8 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
         TruncatedShardError: the tar ends inside a member or lacks its end-of-archive marker
             (tarfile accepts a tar cut at a block boundary silently); every complete sample
             before the damage has been yielded.
-        InputError: a member is a link or special file, or its path escapes the folder.
+        InputError: a member is a link or special file, or its path escapes the folder, or a
+            sample has two members of one extension (``a.jpg`` and ``a.JPG`` included).
     """
     from oodlab.data.tarindex import index_tar
 
@@ -129,7 +135,7 @@ def _stream_tar_samples(path: Path) -> Iterator[RawSample]:
                     data = handle.read() if handle is not None else b""
                     if len(data) != member.size:
                         raise tarfile.ReadError("unexpected end of data")
-                    if PurePosixPath(key).name.startswith("__"):
+                    if is_housekeeping(key):
                         continue
                     if current is not None and key != current.key:
                         yield current

@@ -1,9 +1,19 @@
 """The tar-format primitives every shard reader and writer shares.
 
 A webdataset sample is the run of consecutive tar members with the same *key*: the member name
-up to the first dot of its base name (``dir/abc.seg.png`` -> key ``dir/abc``, extension
-``seg.png``). Member paths that would escape the folder they are extracted or copied into
-(absolute, ``..``, drive letters) are refused everywhere with the same message.
+up to the first dot of its base name (``dir/abc.SEG.png`` -> key ``dir/abc``, extension
+``seg.png``). The key is case-sensitive; the extension is lower-cased (``str.lower``, as
+webdataset's ``group_by_keys`` with ``lcase=True``), so ``abc.JPG`` is the ``jpg`` member of
+``abc`` and ``abc.jpg`` next to ``abc.JPG`` is a sample with two ``jpg`` members.
+
+Members whose key has a base name ``__x__`` (starting and ending with ``__``, at least one
+character in between) are housekeeping and belong to no sample (:func:`is_housekeeping`):
+``__meta__.json`` and ``dir/__index__`` are skipped, ``__notes.jpg`` and ``____.jpg`` are
+samples. webdataset's rule differs at the edges: it keeps ``__meta__.json`` (it skips whole names
+``__x__`` and folders ``__x__/``).
+
+Member paths that would escape the folder they are extracted or copied into (absolute, ``..``,
+drive letters) are refused everywhere with the same message.
 """
 
 from __future__ import annotations
@@ -17,16 +27,29 @@ class TruncatedShardError(InputError):
     """A tar ended in the middle of a member (an interrupted download or copy)."""
 
 
-#: member extensions read as a sample's image, in order of preference
+#: member extensions (as :func:`split_member_name` lower-cases them) read as a sample's image, in order of preference
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
+def member_extension(ext: str) -> str:
+    """The extension a member is matched by: ``ext`` lower-cased (``SEG.Png`` -> ``seg.png``)."""
+    return ext.lower()
+
+
 def split_member_name(name: str) -> tuple[str, str]:
-    """``dir/abc.seg.png`` -> (``dir/abc``, ``seg.png``): key up to the first dot of the base name."""
+    """``dir/abc.SEG.png`` -> (``dir/abc``, ``seg.png``): key up to the first dot of the base name,
+    extension lower-cased (:func:`member_extension`)."""
     path = PurePosixPath(name)
     base, _, ext = path.name.partition(".")
     parent = "" if str(path.parent) == "." else f"{path.parent}/"
-    return parent + base, ext
+    return parent + base, member_extension(ext)
+
+
+def is_housekeeping(key: str) -> bool:
+    """Whether a member with this key (as :func:`split_member_name` returns it) is housekeeping:
+    its base name (after the last ``/``) is ``__x__`` with at least one character for ``x``."""
+    base = key.rpartition("/")[2]
+    return len(base) > 4 and base.startswith("__") and base.endswith("__")
 
 
 def check_member_path(tar_path: str | Path, name: str) -> None:

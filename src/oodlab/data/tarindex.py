@@ -2,15 +2,22 @@
 
 :func:`index_tar` walks the tar's 512-byte headers in a compiled loop over a memory-mapped file,
 never reading member data, and groups consecutive members by key exactly as
-:func:`oodlab.data.shards.iter_tar_samples` does (key = member name up to the first dot of its base
-name; directories and ``__*__`` housekeeping members skipped). Each member's span runs from its
-first header block (including a preceding pax ``x`` or GNU ``L`` long-name header) to the end of its
-padded data, so copying the spans copies the members byte for byte, headers included.
+:func:`oodlab.data.shards.iter_tar_samples` does, with the rules of :mod:`oodlab.data.tarformat`:
+key = member name up to the first dot of its base name; extension lower-cased (the walk finds the
+extension's bytes; :func:`member_extension` lowers them afterwards, skipped after one vectorised
+test when all are lower-case ASCII already); directories and housekeeping members skipped (the
+walk flags a name field whose key base name, the bytes after its last ``/``, is longer than 4
+bytes and starts and ends with ``__``: :func:`is_housekeeping` on those bytes; long and prefixed
+names are decided by :func:`is_housekeeping` itself). Each member's span runs from its first
+header block (including a preceding pax ``x`` or GNU ``L`` long-name header) to the end of its
+padded data, so copying the spans copies the members byte for byte, headers included (the
+original, not lower-cased, names).
 
 It refuses what :func:`iter_tar_samples` refuses, with the same messages: a member whose path
 escapes its folder (:func:`check_member_path` decides), links and special files, a sample with two
-members of one extension, and a truncated tar (:class:`TruncatedShardError`: a header or data
-running past the end of the file, or no end-of-archive marker). Header checksums are verified.
+members of one extension (``a.jpg`` and ``a.JPG`` are two ``jpg`` members), and a truncated tar
+(:class:`TruncatedShardError`: a header or data running past the end of the file, or no
+end-of-archive marker). Header checksums are verified.
 Compressed tars are refused (they cannot be indexed without decompressing).
 """
 
@@ -22,7 +29,14 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
-from oodlab.data.tarformat import COMPRESSED_MAGIC, TruncatedShardError, check_member_path, split_member_name
+from oodlab.data.tarformat import (
+    COMPRESSED_MAGIC,
+    TruncatedShardError,
+    check_member_path,
+    is_housekeeping,
+    member_extension,
+    split_member_name,
+)
 from oodlab.utils.errors import InputError
 
 BLOCK = 512
@@ -141,7 +155,9 @@ def _walk(buf, words, hdr, size, typ, name_len, key_len, flags):  # pragma: no c
                 break
         if nl > 0 and (buf[pos] == 47 or buf[pos] == 92):
             f |= 1
-        if kl >= slash + 3 and buf[pos + slash + 1] == 95 and buf[pos + slash + 2] == 95:
+        # is_housekeeping: the key's base name (slash + 1 .. kl) is "__x__", x not empty
+        if (kl - slash - 1 > 4 and buf[pos + slash + 1] == 95 and buf[pos + slash + 2] == 95
+                and buf[pos + kl - 2] == 95 and buf[pos + kl - 1] == 95):
             f |= 2
         if (buf[pos + 257] == 117 and buf[pos + 258] == 115 and buf[pos + 259] == 116 and buf[pos + 260] == 97
                 and buf[pos + 261] == 114 and buf[pos + 345] != 0):
@@ -170,7 +186,7 @@ class TarIndex:
         bounds: int64 [s + 1]: sample i's members are ``bounds[i]:bounds[i + 1]``.
         start, end: int64 [m]: member spans (headers included, data padded to 512 bytes).
         data, size: int64 [m]: offset and length of each member's data.
-        ext: bytes array [m]: each member's extension (``jpg``, ``seg.png``...).
+        ext: bytes array [m]: each member's extension, lower-cased (``jpg``, ``seg.png``...).
         archive_end: offset of the end-of-archive marker.
         payload: member index -> data, for the members of ``read_ext`` (see :func:`index_tar`).
     """
@@ -226,13 +242,14 @@ def index_tar(path: str | Path, *, read_ext: bytes | None = None) -> TarIndex:
     """Index the samples of an uncompressed tar without reading member data (see module docstring).
 
     Args:
-        read_ext: also read the data of the members with this extension (e.g. ``b"txt"``) into
-            ``TarIndex.payload`` (small members only: they are held in memory).
+        read_ext: also read the data of the members with this extension (e.g. ``b"txt"``, which
+            also matches ``KEY.TXT``) into ``TarIndex.payload`` (small members only: they are
+            held in memory).
 
     Raises:
         TruncatedShardError: the tar is cut short, has a damaged header or no end marker.
         InputError: compressed tar, escaping member path, link or special member, pax global
-            header, a sample with two members of one extension.
+            header, a sample with two members of one extension (``a.jpg`` and ``a.JPG`` included).
     """
     path = Path(path)
     nbytes = path.stat().st_size
@@ -244,7 +261,8 @@ def index_tar(path: str | Path, *, read_ext: bytes | None = None) -> TarIndex:
             raise InputError(path, "is a compressed tar, which subset copies cannot index", "decompress it first (e.g. gunzip)")
         index = _index(path, buf)
         if read_ext is not None:
-            index.payload = _read_payload(buf, index, read_ext)
+            wanted = member_extension(_decode(read_ext)).encode("utf-8", "surrogateescape")
+            index.payload = _read_payload(buf, index, wanted)
         return index
     finally:
         del buf
@@ -332,7 +350,7 @@ def _index(path: Path, buf: np.ndarray) -> TarIndex:
             name = names.get(j) or _decode(bytes(buf[hdr[j] : hdr[j] + name_len[j]]))
             raise InputError(path, f"member {name!r} is a link or special file", "re-create the shard")
         key, _ = split_member_name(names[j])
-        keep[j] = not Path(key).name.startswith("__")
+        keep[j] = not is_housekeeping(key)
     members = np.flatnonzero(keep)
     h = hdr[members]
     keys = _gather_field(buf, h, np.zeros(len(members), np.int64), key_len[members])
@@ -346,6 +364,7 @@ def _index(path: Path, buf: np.ndarray) -> TarIndex:
             keys[row] = key.encode("utf-8", "surrogateescape")
             exts[row] = ext.encode("utf-8", "surrogateescape")
         keys, exts = keys.astype(bytes), exts.astype(bytes)
+    exts = _lower_extensions(exts)
     new = np.ones(len(keys), bool)
     new[1:] = keys[1:] != keys[:-1]
     first = np.flatnonzero(new)
@@ -356,6 +375,17 @@ def _index(path: Path, buf: np.ndarray) -> TarIndex:
         path=path, keys=keys[first], bounds=bounds, start=span_start[members], end=span_end[members],
         data=h + BLOCK, size=size[members], ext=exts, archive_end=int(pos),
     )
+
+
+def _lower_extensions(exts: np.ndarray) -> np.ndarray:
+    """``exts`` (bytes array [m]) as :func:`member_extension` gives them (UTF-8 text lower-cased)."""
+    codes = np.ascontiguousarray(exts).view(np.uint8)
+    if not (((codes >= ord("A")) & (codes <= ord("Z"))) | (codes >= 0x80)).any():
+        return exts  # the usual shard: already lower-case ASCII
+    # the few distinct extensions, lowered on the decoded text (non-ASCII upper case included)
+    distinct, inverse = np.unique(exts, return_inverse=True)
+    lowered = [member_extension(_decode(e)).encode("utf-8", "surrogateescape") for e in distinct.tolist()]
+    return np.array(lowered, dtype=bytes)[inverse.ravel()]
 
 
 def _check_unique_ext(path: Path, keys: np.ndarray, exts: np.ndarray, sample_of: np.ndarray) -> None:

@@ -2,7 +2,8 @@
 
 open_clip's webdataset loader needs ``--train-num-samples``. It is read, per shard, from what
 img2dataset and oodlab write next to each tar: ``{shard}_stats.json`` (``successes``, else
-``count``), else ``{shard}.parquet`` (rows with status ``success``), else by reading the tar.
+``count``), else ``{shard}.parquet`` (rows with status ``success``), else by reading the tar
+(samples with a ``txt`` and an image member, extensions in any case, as open_clip's loader reads them).
 """
 
 from __future__ import annotations
