@@ -272,3 +272,154 @@ def test_cli_subset(source, tmp_path):
                                       "--out", str(tmp_path / "out"), "--per-shard", "8"])
     assert result.exit_code == 0, result.output
     assert [len(_members(t)[1]) for t in sorted((tmp_path / "out").glob("*.tar"))] == [8, 8, 8, 6]
+
+
+# -- img2dataset metadata ------------------------------------------------------------------
+_COUNTERS = ("count", "successes", "failed_to_download", "failed_to_resize", "status_dict")
+
+
+def _img2dataset_shard(folder, s, n, rng, *, label_type=pa.int32(), drop=(), extra=None, unlisted=(), stats_extra=None):
+    """One shard as img2dataset 1.47 writes it: a tar of the successful samples (jpg, txt, json),
+    a parquet row per url (failures too, without members) and ``_stats.json``. Samples with
+    ``i % 9 == 4`` are in the tar but marked failed_to_resize (not what img2dataset does: it
+    exercises the status counters); ``unlisted`` keys are in the tar but not in the parquet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, status_dict = [], {}
+    with tarfile.open(folder / f"{s:05d}.tar", "w", format=tarfile.PAX_FORMAT) as tf:
+        for i in range(n):
+            key, fate = f"{s:05d}{i:04d}", rng.random()
+            status = "success" if fate > 0.3 or i % 9 == 4 else ("failed_to_download" if fate > 0.1 else "failed_to_resize")
+            error = {"success": None, "failed_to_download": str(rng.choice(["<urlopen error timed out>", "HTTP Error 404: Not Found"])),
+                     "failed_to_resize": "image too small"}[status]
+            if i % 9 == 4:
+                status, error = "failed_to_resize", "image decoding error"
+            if key in unlisted:
+                status, error = "success", None
+            in_tar = status == "success" or i % 9 == 4
+            caption = f"caption {s} {i} ü"
+            image = rng.bytes(int(rng.integers(50, 400)))
+            ok = status == "success"
+            row = {"url": f"http://example.com/{key}.jpg", "caption": caption,
+                   "NSFW": str(rng.choice(["UNLIKELY", "NSFW"])) if i % 5 else None, "similarity": float(rng.random()),
+                   "key": key, "status": status, "error_message": error,
+                   "width": 64 if ok else None, "height": 48 if ok else None,
+                   "original_width": int(rng.integers(100, 999)) if ok else None,
+                   "original_height": int(rng.integers(100, 999)) if ok else None,
+                   "exif": json.dumps({"Image Make": f"cam{i}"}) if ok and i % 2 else None,
+                   "sha256": hashlib.sha256(image).hexdigest() if ok else None, "label": i % 4, **(extra or {})}
+            reason = "success" if ok else error
+            status_dict[reason] = status_dict.get(reason, 0) + 1
+            if in_tar:
+                for ext, data in (("jpg", image), ("txt", caption.encode()), ("json", json.dumps(row).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+            if key not in unlisted:
+                rows.append(row)
+    types = {"similarity": pa.float64(), "width": pa.int32(), "height": pa.int32(), "original_width": pa.int32(),
+             "original_height": pa.int32(), "label": label_type}
+    schema = pa.schema([(c, types.get(c, pa.string())) for c in rows[0] if c not in drop])
+    pq.write_table(pa.Table.from_pylist([{c: r[c] for c in schema.names} for r in rows], schema=schema), folder / f"{s:05d}.parquet")
+    statuses = [r["status"] for r in rows]
+    start = 1.7e9 + 100 * s + float(rng.random())
+    (folder / f"{s:05d}_stats.json").write_text(json.dumps({
+        "count": n, "successes": statuses.count("success"), "failed_to_download": statuses.count("failed_to_download"),
+        "failed_to_resize": statuses.count("failed_to_resize"), "duration": 12.5 + s, "start_time": start,
+        "end_time": start + 12.5 + s, "status_dict": status_dict, **(stats_extra or {})}, indent=4))
+
+
+def _expected_rows(tars):
+    """{key: input row + source_shard} read from the inputs directly (first input of a key wins),
+    and the in-tar key order: parquet rows by key, else key / txt caption / status success."""
+    rows, order = {}, []
+    for tar in tars:
+        members, keys = _members(tar)
+        parquet = tar.with_suffix(".parquet")
+        listed = {r["key"]: r for r in pq.read_table(parquet).to_pylist()} if parquet.exists() else {}
+        for k in keys:
+            fallback = {"key": k, "caption": dict(members[k]).get(f"{k}.txt", b"").decode(), "status": "success"}
+            if k not in rows:
+                rows[k] = {**listed.get(k, fallback), "source_shard": tar.name}
+                order.append(k)
+    return rows, order
+
+
+@pytest.fixture(scope="module")
+def img2dataset_source(tmp_path_factory):
+    root = tmp_path_factory.mktemp("i2d")
+    rng = np.random.default_rng(7)
+    version = {"img2dataset_version": "1.47.0"}  # a field every input agrees on
+    _img2dataset_shard(root, 0, 30, rng, stats_extra=version)
+    _img2dataset_shard(root, 1, 30, rng, label_type=pa.int64(), drop=("exif",), extra={"LICENSE": "cc-by"},
+                       unlisted=("000010002", "000010017"), stats_extra=version)
+    write_shards(root / "tmp", n_shards=3, per_shard=12, seed=3)
+    (root / "tmp" / "00002.tar").rename(root / "00002.tar")  # a tar without parquet or stats, keys 00002....
+    _img2dataset_shard(root, 3, 40, rng, stats_extra=version)
+    return root, sorted(root.glob("*.tar"))
+
+
+def test_img2dataset_columns_and_stats_are_kept(img2dataset_source, tmp_path):
+    root, tars = img2dataset_source
+    rows, order = _expected_rows(tars)
+    rng = np.random.default_rng(1)
+    all_keys = [r["key"] for t in tars if t.with_suffix(".parquet").exists() for r in pq.read_table(t.with_suffix(".parquet")).to_pylist()]
+    all_keys += [k for k in order if k.startswith("00002") or k in ("000010002", "000010017")]
+    wanted = [k for k in all_keys if rng.random() < 0.75] + ["000010002", "000010017"]
+    m = subset(_write_keys(tmp_path / "k.parquet", wanted), [root], tmp_path / "out", per_shard=8)
+    out = tmp_path / "out"
+    written = [k for k in order if k in set(wanted)]
+    assert m["counts"]["written"] == len(written) and m["counts"]["missing"] == len(set(wanted) - set(order))
+    tables = [pq.read_table(out / f"{j:05d}.parquet") for j in range(m["counts"]["output_shards"])]
+    # one schema for all shards: the union of the inputs' columns, int32 | int64 -> int64
+    union = {n for t in tars if t.with_suffix(".parquet").exists() for n in pq.read_schema(t.with_suffix(".parquet")).names}
+    assert all(t.schema == tables[0].schema for t in tables)
+    assert set(tables[0].schema.names) == union | {"key", "caption", "status", "source_shard"}
+    types = {f.name: f.type for f in tables[0].schema}
+    assert (types["label"], types["width"], types["exif"], types["LICENSE"], types["similarity"]) == (
+        pa.int64(), pa.int32(), pa.string(), pa.string(), pa.float64())
+    got = [r for t in tables for r in t.to_pylist()]
+    assert [r["key"] for r in got] == written
+    for r in got:
+        assert r == {**{c: None for c in tables[0].schema.names}, **rows[r["key"]]}
+    assert {r["status"] for r in got} == {"success", "failed_to_resize"}  # non-success rows are written too
+    fallback = {r["key"]: r for r in got if r["key"] in ("000010002", "000010017") or r["key"].startswith("00002")}
+    assert len(fallback) > 2 and all(r["url"] is None and r["status"] == "success" for r in fallback.values())
+    # stats: counters from the rows read above, run fields copied only where all contributing inputs agree
+    input_stats = {t.name: json.loads(t.with_name(f"{t.stem}_stats.json").read_text())
+                   for t in tars if t.with_name(f"{t.stem}_stats.json").exists()}
+    kept_duration = 0
+    for j, t in enumerate(tables):
+        mine = t.to_pylist()
+        status = [r["status"] for r in mine]
+        ok = [s in ("success", None) for s in status]
+        reasons = {}
+        for r, good in zip(mine, ok):
+            reason = "success" if good else (r["error_message"] or r["status"])
+            reasons[reason] = reasons.get(reason, 0) + 1
+        runs = [input_stats.get(name) for name in dict.fromkeys(r["source_shard"] for r in mine)]
+        copied = {}
+        if all(x is not None for x in runs):
+            copied = {k: v for k, v in runs[0].items() if k not in _COUNTERS and all(x.get(k, object()) == v for x in runs)}
+        stats = json.loads((out / f"{j:05d}_stats.json").read_text())
+        assert stats == {"count": len(mine), "successes": sum(ok), "failed_to_download": status.count("failed_to_download"),
+                         "failed_to_resize": status.count("failed_to_resize"), **copied, "status_dict": reasons}
+        assert list(stats["status_dict"].values()) == sorted(reasons.values(), reverse=True)
+        kept_duration += "duration" in stats
+        if len(runs) == 1 and runs[0] is not None:
+            assert stats["start_time"] == runs[0]["start_time"] and stats["img2dataset_version"] == "1.47.0"
+    assert 0 < kept_duration < len(tables)  # both cases occur: one input (copied) and several (dropped)
+
+
+def test_parquet_columns_that_disagree_are_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    _img2dataset_shard(tmp_path / "src", 0, 6, rng)
+    _img2dataset_shard(tmp_path / "src", 1, 6, rng)
+    t = pq.read_table(tmp_path / "src" / "00001.parquet")  # width becomes a string where shard 0 has int32
+    pq.write_table(t.set_column(t.schema.get_field_index("width"), "width", pa.array(["wide"] * len(t))),
+                   tmp_path / "src" / "00001.parquet")
+    keys = _write_keys(tmp_path / "k.parquet", [f"{s:05d}{i:04d}" for s in range(2) for i in range(6)])
+    with pytest.raises(InputError, match="00001.parquet.*does not agree"):
+        subset(keys, [tmp_path / "src"], tmp_path / "out")
+    pq.write_table(t.drop_columns(["key"]), tmp_path / "src" / "00001.parquet")
+    with pytest.raises(InputError, match="no string column 'key'"):
+        subset(keys, [tmp_path / "src"], tmp_path / "out2")

@@ -5,10 +5,14 @@ byte for byte), then the end-of-archive marker (two zero blocks) padded to tarfi
 record size. Runs of adjacent spans are copied with one ``os.copy_file_range`` call (in-kernel,
 no copy through Python), falling back to ``pread``/``write``.
 
+The parquet holds the samples' metadata rows, taken from the rows each input's scan staged (see
+:mod:`oodlab.subsets.reshard` for the columns and the ``_stats.json`` fields), conformed to the
+one schema of the whole subset. Memory: one input's staged rows at a time, plus this shard's rows.
+
 Commit order matches :class:`oodlab.data.shard_writer.ShardWriter`: parquet and stats first, the tar
 renamed into place last, so an existing tar means a complete shard (``shard_complete``). With
 ``verify``, the temporary tar is indexed again before the rename and its keys and member sizes
-must be the planned ones.
+must be the planned ones, and so must the keys of the parquet rows.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,6 +32,11 @@ from oodlab.utils.atomic import atomic_path, write_parquet
 
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
+#: the column oodlab adds to every output row: the name of the input tar the sample came from
+SOURCE_COLUMN = "source_shard"
+#: img2dataset's ``_stats.json`` counters, recomputed for the samples of an output shard
+RECOMPUTED_STATS = ("count", "successes", "failed_to_download", "failed_to_resize", "status_dict")
+
 
 @dataclass
 class ShardPlan:
@@ -34,27 +44,84 @@ class ShardPlan:
 
     Attributes:
         name: shard name (``00000``).
-        keys, captions, source_shards: per sample (the parquet's rows).
-        sources: input tar paths; ``member_source`` indexes into it.
+        keys, source_shards: per sample.
+        sources: input tar paths; ``member_source`` and ``sample_source`` index into it, and into
+            ``row_files`` and ``run_fields``.
         members: int64 [s]: members per sample.
         member_source: int32 [m]; member_start, member_end: int64 [m] (byte spans, in order).
+        sample_source: int32 [s]: each sample's input.
+        rows: int64 [s]: each sample's row in its input's staged rows.
+        row_files: per input, the parquet of its staged rows (the scan's selection).
+        run_fields: per input, the ``_stats.json`` fields other than :data:`RECOMPUTED_STATS`
+            (None: the input has no stats file).
+        schema: pyarrow schema of the input rows of the whole subset (without ``source_shard``).
     """
 
     name: str
     keys: list[str]
-    captions: list[str | None]
     source_shards: list[str]
     sources: list[str]
     members: np.ndarray
     member_source: np.ndarray
     member_start: np.ndarray
     member_end: np.ndarray
+    sample_source: np.ndarray
+    rows: np.ndarray
+    row_files: list[str]
+    run_fields: list[dict[str, Any] | None]
+    schema: Any
 
 
-def shard_schema() -> Any:
+def conform(table: Any, schema: Any) -> Any:
+    """``table`` with exactly the columns of ``schema``, in its order and types: a column the
+    table lacks is all null, the others are cast (a promotion, e.g. int32 -> int64)."""
     import pyarrow as pa
 
-    return pa.schema([("key", pa.string()), ("caption", pa.string()), ("status", pa.string()), ("source_shard", pa.string())])
+    columns = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(table), f.type)
+               for f in schema]
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def shard_rows(plan: ShardPlan) -> Any:
+    """The shard's parquet table: per sample in order, its input row (columns of ``plan.schema``),
+    then ``source_shard`` (string)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    parts, positions = [], []
+    for s, path in enumerate(plan.row_files):
+        mine = np.flatnonzero(plan.sample_source == s)
+        if len(mine):
+            staged = pq.ParquetFile(path).read()  # one input's selected rows, dropped after the take
+            parts.append(conform(staged.take(plan.rows[mine]), plan.schema))
+            positions.append(mine)
+    table = pa.concat_tables(parts) if parts else plan.schema.empty_table()
+    if positions:
+        table = table.take(np.argsort(np.concatenate(positions), kind="stable"))
+    return table.append_column(pa.field(SOURCE_COLUMN, pa.string()), pa.array(plan.source_shards, pa.string()))
+
+
+def shard_stats(rows: Any, run_fields: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """img2dataset's ``_stats.json`` for the rows of one output shard (field meanings:
+    :mod:`oodlab.subsets.reshard`).
+
+    Args:
+        rows: the shard's parquet table.
+        run_fields: the contributing inputs' non-counter stats fields (None: no stats file).
+    """
+    n = rows.num_rows
+    status = rows.column("status").to_pylist() if "status" in rows.column_names else [None] * n
+    error = rows.column("error_message").to_pylist() if "error_message" in rows.column_names else [None] * n
+    success = [s is None or s == "success" for s in status]  # no status: the sample is in the tar
+    reasons = Counter("success" if ok else str(e if e is not None else s) for ok, s, e in zip(success, status, error))
+    stats: dict[str, Any] = {"count": n, "successes": sum(success),
+                             "failed_to_download": status.count("failed_to_download"),
+                             "failed_to_resize": status.count("failed_to_resize")}
+    if run_fields and all(f is not None for f in run_fields):
+        first, *rest = run_fields
+        stats.update({k: v for k, v in first.items() if all(k in f and f[k] == v for f in rest)})
+    stats["status_dict"] = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return stats
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
@@ -111,9 +178,6 @@ def write_shard(folder: Path, plan: ShardPlan, *, verify: bool = True) -> int:
     Raises:
         OSError: verification found other keys or sizes than planned (a source changed).
     """
-    import pyarrow as pa
-
-    n = len(plan.keys)
     with atomic_path(folder / f"{plan.name}.tar") as tmp:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -123,20 +187,22 @@ def write_shard(folder: Path, plan: ShardPlan, *, verify: bool = True) -> int:
             os.write(fd, b"\0" * tail)
         finally:
             os.close(fd)
+        rows = shard_rows(plan)
         if verify:
             _verify(tmp, plan)
-        rows = {"key": plan.keys, "caption": plan.captions, "status": ["success"] * n, "source_shard": plan.source_shards}
-        write_parquet(folder / f"{plan.name}.parquet", pa.table(rows, schema=shard_schema()))
-        _write_stats(folder / f"{plan.name}_stats.json", n)
+            if rows.column("key").to_pylist() != plan.keys:
+                raise OSError(f"{tmp}: the staged parquet rows do not hold the planned keys (did a source parquet change?)")
+        write_parquet(folder / f"{plan.name}.parquet", rows)
+        _write_stats(folder / f"{plan.name}_stats.json", shard_stats(rows, plan.run_fields))
         size = os.path.getsize(tmp)
     return size
 
 
-def _write_stats(path: Path, n: int) -> None:
-    """``ShardWriter``'s stats file, written atomically (rename) but not fsynced: a shard is only
-    complete once its tar is renamed after it, and a thousand fsyncs cost seconds."""
+def _write_stats(path: Path, stats: dict[str, Any]) -> None:
+    """The stats file, written atomically (rename) but not fsynced: a shard is only complete once
+    its tar is renamed after it, and a thousand fsyncs cost seconds."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({"count": n, "successes": n, "failed_to_download": 0}, indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
 
 
 def _verify(tar: Path, plan: ShardPlan) -> None:

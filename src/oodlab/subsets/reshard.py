@@ -3,18 +3,48 @@
 Two phases, each split into idempotent units run by ``workers`` processes:
 
 1. scan (one unit per input tar): :func:`~oodlab.data.tarindex.index_tar` reads the tar's
-   headers, the samples whose key was requested are selected, and their member spans and caption
-   are written atomically to ``OUT/.staging/index/{i:05d}.npz``. A unit whose file exists is
-   skipped on re-run.
+   headers, the samples whose key was requested are selected, their metadata rows are written
+   to ``OUT/.staging/index/{i:05d}.parquet`` and their member spans to ``{i:05d}.npz`` (both
+   atomically, the npz last). A unit whose two files exist is skipped on re-run.
 2. assemble (one unit per output shard): the plan is every selected sample in input order (the
    order of ``shards`` as given, a folder's tars sorted by name), then tar order within a shard;
    a key found in several inputs is written once, from its first input. Output shard j holds
    plan rows ``[j * per_shard, (j + 1) * per_shard)``: ``{j:05d}.tar`` (the samples' original
-   members, headers and bytes unchanged), ``{j:05d}.parquet`` (key, caption, status,
-   source_shard) and ``{j:05d}_stats.json``; a complete shard (its tar exists) is skipped.
+   members, headers and bytes unchanged), ``{j:05d}.parquet`` and ``{j:05d}_stats.json``
+   (below); a complete shard (its tar exists) is skipped.
 
 The plan depends only on the inputs and the keys, never on ``workers`` or on which units ran
 before a kill, so a killed run re-run gives byte-identical output to a clean one.
+
+``{j:05d}.parquet``: one row per sample, in tar order: the sample's row of its input's
+``{shard}.parquet`` with every column (img2dataset's url, caption, key, status, error_message,
+width, height, original_width, original_height, exif, sha256 and the ``--save_additional_columns``
+ones), then ``source_shard`` (the input tar's name; an input's own ``source_shard`` column is
+replaced). Every output shard has the same schema: the union of all inputs' columns, in order of
+first appearance, types promoted as ``pyarrow.unify_schemas(promote_options="permissive")`` does
+(int32 with int64 gives int64; incompatible types are refused), every column nullable; a column
+an input lacks is null in its rows. An input without a parquet gives key, caption (its ``txt``
+member, null without one) and status ``success``; a sample missing from its input's parquet gets
+the same values in those of the three columns that the parquet has, null elsewhere.
+
+``{j:05d}_stats.json``: img2dataset's stats format (``count``, ``successes``,
+``failed_to_download``, ``failed_to_resize``, ``duration``, ``start_time``, ``end_time``,
+``status_dict``), for the shard's samples:
+
+- ``count``: samples in the shard (the rows of its parquet).
+- ``successes``: rows whose status is ``success``, or null (an input without a status column:
+  the sample is in the tar). This is what open_clip's sample count is read from.
+- ``failed_to_download``, ``failed_to_resize``: rows with that status. img2dataset's tars hold
+  only successful samples (its failures are parquet rows without members: a requested key of one
+  is listed as missing), so both are 0 unless an input's tar holds samples its parquet marks failed.
+- ``status_dict``: ``{reason: rows}`` counted as img2dataset counts it (``success`` for a success,
+  else the row's error_message, else its status), most frequent first, ties by reason.
+- every other field (img2dataset's ``duration``, ``start_time``, ``end_time``, and any field
+  another writer added): the contributing inputs' value (the inputs whose samples the shard
+  holds) when each of them has a ``_stats.json`` with that field and all values are equal; else
+  the field is dropped. ``duration``, ``start_time`` and ``end_time`` thus survive only in a shard
+  drawn from one input, and then describe that input's download run (all of its ``count`` urls),
+  not the making of the subset.
 
 Then verification: every requested key is either written or listed in ``missing.parquet``;
 requested keys given more than once are listed in ``duplicates.parquet`` and written once.
@@ -23,13 +53,16 @@ Also written: ``written.parquet`` (key, shard, source_shard: the listing of writ
 (DataComp-style sorted ``u8,u8`` uids, see :mod:`oodlab.subsets.uids`) and ``manifest.json``
 (written last; a re-run of a completed run returns it).
 
-Memory: the requested keys (a sorted bytes array, memory-mapped by the workers) and the plan
-(key, spans and caption of each selected sample).
+Memory: the requested keys (a sorted bytes array, memory-mapped by the workers), the plan (key,
+spans and staged row of each selected sample, each input's non-counter stats fields) and the
+rows schema. A scan unit reads one input parquet; an assemble unit reads the staged rows of its
+inputs one at a time. No phase holds all input parquets.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import shutil
@@ -40,7 +73,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from oodlab.data.shard_writer import shard_complete
-from oodlab.subsets.copyshard import ShardPlan, write_shard
+from oodlab.subsets.copyshard import RECOMPUTED_STATS, SOURCE_COLUMN, ShardPlan, write_shard
 from oodlab.subsets.keylists import read_keys
 from oodlab.data.tarindex import index_tar
 from oodlab.subsets.uids import key_uids, openclip_args
@@ -100,9 +133,10 @@ def _members_of(bounds: np.ndarray, samples: np.ndarray) -> tuple[np.ndarray, np
 def scan_input(task: tuple[int, str, str, str]) -> int:
     """Select the requested samples of one input tar into its staging index (a phase-1 unit).
 
-    The staging index (``.npz``) holds, per selected sample in tar order: ``keys`` (UTF-8 bytes),
-    ``offsets`` into the member spans ``starts`` / ``ends``, and the caption (the ``txt`` member,
-    ``captions`` blob + ``caption_offsets``; ``has_caption``). Returns the samples in the tar."""
+    Writes the selected samples' metadata rows (:func:`input_rows`) to ``{i:05d}.parquet``, then
+    the staging index ``{i:05d}.npz`` (its existence marks the unit done), holding per selected
+    sample in tar order: ``keys`` (UTF-8 bytes), ``offsets`` into the member spans ``starts`` /
+    ``ends``; and ``stats``, the JSON of :func:`input_run_fields`. Returns the samples in the tar."""
     i, tar, requested_path, index_path = task
     requested = np.load(requested_path, mmap_mode="r", allow_pickle=False)
     index = index_tar(tar, read_ext=b"txt")
@@ -115,19 +149,84 @@ def scan_input(task: tuple[int, str, str, str]) -> int:
     is_txt = np.isin(members, np.fromiter(index.payload, np.int64, len(index.payload)))
     sample_of = np.repeat(np.arange(len(selected)), np.diff(offsets))
     with_caption, first = np.unique(sample_of[is_txt], return_index=True)  # the first txt member
-    has_caption = np.zeros(len(selected), bool)
-    has_caption[with_caption] = True
-    captions = [b""] * len(selected)
+    captions: list[str | None] = [None] * len(selected)
     for row, m in zip(with_caption.tolist(), members[is_txt][first].tolist()):
-        captions[row] = index.payload[m]
-    caption_offsets = np.concatenate([[0], np.cumsum([len(c) for c in captions])]).astype(np.int64)
+        captions[row] = index.payload[m].decode("utf-8", "replace")
+    keys = [k.decode("utf-8", "surrogateescape") for k in index.keys[selected].tolist()]
+    write_parquet(rows_path(index_path), input_rows(Path(tar), keys, captions))
+    stats = json.dumps(input_run_fields(Path(tar))).encode("utf-8")
     with atomic_path(index_path) as tmp, open(tmp, "wb") as f:  # no fsync: survives kills, not power loss
         np.savez(
             f, keys=index.keys[selected], offsets=offsets, starts=index.start[members], ends=index.end[members],
-            captions=np.frombuffer(b"".join(captions), np.uint8), caption_offsets=caption_offsets,
-            has_caption=has_caption, samples=np.int64(len(index)),
+            stats=np.frombuffer(stats, np.uint8), samples=np.int64(len(index)),
         )
     return len(index)
+
+
+def rows_path(index_path: str | Path) -> Path:
+    """The staged metadata rows beside a staging index (``00003.npz`` -> ``00003.parquet``)."""
+    return Path(index_path).with_suffix(".parquet")
+
+
+def input_rows(tar: Path, keys: list[str], captions: list[str | None]) -> Any:
+    """The metadata rows of an input tar's selected samples, one per key in the given order.
+
+    Rows come from ``{tar stem}.parquet`` (every column but ``source_shard``; the first row of a
+    key); a key it lacks, or every key when there is no parquet, gets what the tar gives: key,
+    caption (its txt member, None without one), status ``success`` (in the columns the parquet
+    has; without a parquet these three are the columns).
+
+    Args:
+        tar: the input tar.
+        keys: the selected samples' keys, in tar order.
+        captions: their txt members (UTF-8, invalid bytes replaced), None where absent.
+
+    Returns:
+        a pyarrow Table of ``len(keys)`` rows (without schema metadata).
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    fallback = pa.table({"key": pa.array(keys, pa.string()), "caption": pa.array(captions, pa.string()),
+                         "status": pa.array(["success"] * len(keys), pa.string())})
+    path = tar.with_suffix(".parquet")
+    if not path.is_file():
+        return fallback
+    try:
+        file = pq.ParquetFile(path)
+        schema = file.schema_arrow
+    except (OSError, pa.ArrowException) as err:
+        raise InputError(path, f"cannot be read as parquet ({err})", "repair it, or delete it to use what the tar gives") from None
+    if "key" not in schema.names or not (pa.types.is_string(schema.field("key").type)
+                                         or pa.types.is_large_string(schema.field("key").type)):
+        raise InputError(path, "has no string column 'key'", "write the shard's metadata with img2dataset's key column")
+    table = file.read() if keys else schema.empty_table()
+    table = table.drop_columns([c for c in table.column_names if c == SOURCE_COLUMN]).replace_schema_metadata(None)
+    at = pc.index_in(fallback.column("key"), value_set=table.column("key").combine_chunks().cast(pa.string()))
+    rows = table.take(at)
+    absent = pc.is_null(at)
+    if pc.any(absent).as_py():
+        for name in fallback.column_names:
+            if name in rows.column_names:
+                column = rows.column(name)
+                filled = pc.if_else(absent, fallback.column(name).cast(column.type), column)
+                rows = rows.set_column(rows.column_names.index(name), rows.schema.field(name), filled)
+    return rows
+
+
+def input_run_fields(tar: Path) -> dict[str, Any] | None:
+    """The fields of ``{tar stem}_stats.json`` other than the recomputed counters (None: no file)."""
+    path = Path(f"{tar.with_suffix('')}_stats.json")
+    if not path.is_file():
+        return None
+    try:
+        stats = read_json(path)
+    except (OSError, ValueError) as err:
+        raise InputError(path, f"is not readable JSON ({err})", "repair it, or delete it to drop its fields") from None
+    if not isinstance(stats, dict):
+        raise InputError(path, "is not a JSON object", "write img2dataset's stats format, or delete it")
+    return {k: v for k, v in stats.items() if k not in RECOMPUTED_STATS}
 
 
 # -- phase 2 ---------------------------------------------------------------------------------
@@ -143,11 +242,14 @@ class Plan:
 
     sources: list[str]  # input tar paths
     keys: np.ndarray  # object [s]
-    captions: list[str | None]
     sample_source: np.ndarray  # int32 [s]
+    sample_row: np.ndarray  # int64 [s]: the sample's row in its input's staged rows
     offsets: np.ndarray  # int64 [s + 1] into the member arrays
     member_start: np.ndarray  # int64 [m]
     member_end: np.ndarray  # int64 [m]
+    row_files: list[str]  # per input: its staged rows
+    run_fields: list[dict[str, Any] | None]  # per input: its stats fields that are not recomputed
+    schema: Any  # pyarrow schema of the rows of every input (the union; source_shard excluded)
     scanned: int  # samples in the input tars
     source_duplicates: int  # selected samples dropped because their key came earlier
 
@@ -160,11 +262,14 @@ class Plan:
         sources = [self.sources[i] for i in used.tolist()]
         names = [Path(p).name for p in sources]
         return ShardPlan(
-            name=name, keys=self.keys[lo:hi].tolist(), captions=self.captions[lo:hi],
+            name=name, keys=self.keys[lo:hi].tolist(),
             source_shards=[names[i] for i in src.tolist()], sources=sources,
             members=np.diff(self.offsets[lo : hi + 1]),
             member_source=np.repeat(src, np.diff(self.offsets[lo : hi + 1])).astype(np.int32),
             member_start=self.member_start[a:b], member_end=self.member_end[a:b],
+            sample_source=src.astype(np.int32), rows=self.sample_row[lo:hi],
+            row_files=[self.row_files[i] for i in used.tolist()], run_fields=[self.run_fields[i] for i in used.tolist()],
+            schema=self.schema,
         )
 
 
@@ -250,7 +355,7 @@ def subset(
     with Timer() as timer, _Runner(workers) as runner:
         index_paths = [staging / "index" / f"{i:05d}.npz" for i in range(len(inputs_list))]
         todo = [(i, str(p), str(staging / "requested.npy"), str(index_paths[i]))
-                for i, p in enumerate(inputs_list) if not index_paths[i].exists()]
+                for i, p in enumerate(inputs_list) if not (index_paths[i].exists() and rows_path(index_paths[i]).exists())]
         runner.run(scan_input, todo, "subset: scan", "shards")
         plan = _plan(inputs_list, index_paths)
         width = max(5, len(str(max(0, (len(plan) - 1) // per_shard))))
@@ -317,33 +422,43 @@ def _check_previous(out: Path, run: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _plan(inputs: list[Path], index_paths: list[Path]) -> Plan:
-    """Concatenate the staging indexes in input order; a key seen before is dropped."""
+    """Concatenate the staging indexes in input order; a key seen before is dropped. The rows
+    schema is the union of the staged rows' schemas (pyarrow's permissive promotion)."""
     import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    keys, sources, counts, m_start, m_end, captions = [], [], [], [], [], []
+    keys, sources, rows, counts, m_start, m_end, run_fields = [], [], [], [], [], [], []
+    schema = None
     scanned = 0
     for i, path in enumerate(index_paths):
         with np.load(path, allow_pickle=False) as z:
             scanned += int(z["samples"])
             keys.append(np.char.decode(z["keys"], "utf-8", "surrogateescape").astype(object) if len(z["keys"]) else np.zeros(0, object))
             sources.append(np.full(len(z["keys"]), i, np.int32))
+            rows.append(np.arange(len(z["keys"]), dtype=np.int64))
             counts.append(np.diff(z["offsets"]))
             m_start.append(z["starts"])
             m_end.append(z["ends"])
-            blob, cut = z["captions"].tobytes(), z["caption_offsets"].tolist()
-            captions += [blob[a:b].decode("utf-8", "replace") if has else None
-                         for a, b, has in zip(cut[:-1], cut[1:], z["has_caption"].tolist())]
+            run_fields.append(json.loads(z["stats"].tobytes().decode("utf-8")))
+        staged = pq.read_schema(rows_path(path))  # the footer only, one input at a time
+        try:
+            schema = staged if schema is None else pa.unify_schemas([schema, staged], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as err:
+            raise InputError(inputs[i].with_suffix(".parquet"), f"has a column whose type does not agree with the earlier inputs' ({err})",
+                             "write that column with one type in every shard's parquet") from None
+    schema = pa.schema([f.with_nullable(True) for f in schema or []])  # a column missing in one input is null there
     cat = lambda parts, dtype: np.concatenate(parts) if parts else np.zeros(0, dtype)  # noqa: E731
-    all_keys, source, count = cat(keys, object), cat(sources, np.int32), cat(counts, np.int64)
+    all_keys, source, row, count = cat(keys, object), cat(sources, np.int32), cat(rows, np.int64), cat(counts, np.int64)
     starts, ends = cat(m_start, np.int64), cat(m_end, np.int64)
     first = ~pd.Index(all_keys).duplicated(keep="first") if len(all_keys) else np.ones(0, bool)
     if not first.all():
         member_keep = np.repeat(first, count)
-        all_keys, source, count = all_keys[first], source[first], count[first]
+        all_keys, source, row, count = all_keys[first], source[first], row[first], count[first]
         starts, ends = starts[member_keep], ends[member_keep]
-        captions = [c for c, f in zip(captions, first) if f]
     offsets = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
-    return Plan([str(p) for p in inputs], all_keys, captions, source, offsets, starts, ends, scanned, int((~first).sum()))
+    return Plan([str(p) for p in inputs], all_keys, source, row, offsets, starts, ends,
+                [str(rows_path(p)) for p in index_paths], run_fields, schema, scanned, int((~first).sum()))
 
 
 def _verify_outputs(out: Path, names: list[str], plan: Plan, per_shard: int) -> dict[str, Any]:
