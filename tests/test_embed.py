@@ -1,4 +1,6 @@
+import json
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -6,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
+from oodlab.data.shard_writer import ShardWriter
 from oodlab.embeddings.embed import embed
-from oodlab.embeddings.store import EmbeddingStore, validate_store
+from oodlab.embeddings.store import EmbeddingStore
+from oodlab.embeddings.validate import validate_store
 from oodlab.models import load_model
 from oodlab.utils.errors import IncompatibleError, InputError
-from tests.helpers import kill_9_midway, tree_bytes, write_image_folder, write_shards
+from tests.helpers import jpeg_bytes, kill_9_midway, tree_bytes, write_image_folder, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -71,12 +75,56 @@ def test_corrupt_images_are_skipped_and_listed(tmp_path):
 
 def test_truncated_tar_is_reported_by_name(tmp_path):
     paths = write_shards(tmp_path / "shards", 2, 6)
-    data = paths[1].read_bytes()
-    paths[1].write_bytes(data[: len(data) // 2])
+    with tarfile.open(paths[1]) as tar:
+        members = tar.getmembers()
+    # cut inside the data of the 4th sample's first member: its header is readable, so the three
+    # samples before it are provably complete
+    first_of_4th = next(m for m in members if m.name.startswith("000010003."))
+    cut = first_of_4th.offset_data + first_of_4th.size // 2
+    complete = {m.name.split(".")[0] for m in members} - {m.name.split(".")[0] for m in members if m.offset_data + m.size > cut}
+    assert len(complete) == 3
+    paths[1].write_bytes(paths[1].read_bytes()[:cut])
     sidecar = embed([tmp_path / "shards"], tmp_path / "store", workers=0)
     (trunc,) = sidecar["truncated_shards"]
     assert trunc["source"] == str(paths[1]) and "00001.tar" in trunc["error"]
-    assert 6 < sidecar["count"] < 12  # all of shard 0 and the complete samples of shard 1
+    assert sidecar["count"] == 6 + len(complete)  # all of shard 0 and the complete samples of shard 1
+    _, keys = EmbeddingStore(tmp_path / "store").read_all()
+    assert set(keys[6:]) == complete
+
+
+def test_missing_caption_is_recorded_not_invented(tmp_path, monkeypatch):
+    import oodlab.embeddings.embed as embed_module
+
+    rng = np.random.default_rng(0)
+    no_txt = {"000000001", "000000004"}
+    with ShardWriter(tmp_path / "shards", "00000") as w:
+        for i in range(6):
+            key = f"00000{i:04d}"
+            members = {"jpg": jpeg_bytes(rng)}
+            if key not in no_txt:
+                members["txt"] = f"a photo of item {i}".encode()
+            w.write(key, members, {"caption": None if key in no_txt else f"a photo of item {i}"})
+    lines = []
+    monkeypatch.setattr(embed_module, "summary", lines.append)
+    sidecar = embed([tmp_path / "shards"], tmp_path / "store", text=True, workers=0, batch_size=4)
+    store = EmbeddingStore(tmp_path / "store")
+    text, keys = store.read_all(text=True)
+    captions = store.read_metadata().column("caption").to_pylist()
+    missing = np.isin(keys, list(no_txt))
+    assert [c is None for c in captions] == missing.tolist()
+    assert not text[missing].any()  # the all-zero marker, not the embedding of ""
+    loaded = load_model("tiny-vit")
+    with torch.inference_mode():
+        ref = loaded.model.encode_text(loaded.tokenizer([c for c in captions if c is not None])).numpy()
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    assert np.abs(text[~missing] - ref).max() < 2e-3
+    assert len(store.read_all()[0]) == 6  # the images stay
+    source = str(tmp_path / "shards" / "00000.tar")
+    assert sorted(sidecar["missing_text"], key=lambda e: e["key"]) == [{"key": k, "source": source} for k in sorted(no_txt)]
+    record = json.loads((tmp_path / "store" / "stats" / "part_0.json").read_text())
+    assert sorted(record["missing_text"]) == sorted(no_txt)
+    assert ", 2 without caption" in lines[-1]
+    assert validate_store(tmp_path / "store") == []
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@ import pyarrow as pa
 import pytest
 
 from oodlab.embeddings import store as st
-from oodlab.embeddings.store import EmbeddingStore, find_duplicate_keys, store_info, validate_store
+from oodlab.embeddings.store import EmbeddingStore
+from oodlab.embeddings.validate import find_duplicate_keys, store_info, validate_store
 from oodlab.utils.errors import InputError
 from tests.helpers import unit_rows, write_clip_retrieval_folder
 
@@ -147,3 +148,123 @@ def test_incomplete_part_is_not_complete(tmp_path):
     assert st.read_part_record(tmp_path, 0, 1) is not None
     (tmp_path / "metadata" / "metadata_0.parquet").unlink()
     assert st.read_part_record(tmp_path, 0, 1) is None
+
+
+# -- parts discovered by the union of the part files ------------------------------------------------
+@pytest.mark.parametrize("remaining", ["metadata", "text", "stats"])
+def test_part_without_img_emb_is_refused_and_reported(tmp_path, remaining):
+    rng = np.random.default_rng(0)
+    parts = [unit_rows(rng, 3 + i % 4, 8) for i in range(11)]  # 11 parts: suffixes 00..10
+    _write(tmp_path, parts, text=True)
+    files = {"metadata": tmp_path / "metadata" / "metadata_10.parquet", "text": tmp_path / "text_emb" / "text_emb_10.npy",
+             "stats": tmp_path / "stats" / "part_10.json"}
+    (tmp_path / "img_emb" / "img_emb_10.npy").unlink()
+    for kind, f in files.items():
+        if kind != remaining:
+            f.unlink()
+    with pytest.raises(InputError, match=rf"part 10: img_emb_10.npy is missing \(the part has {files[remaining].name}\)"
+                                         r".*Fix: restore the missing files"):
+        EmbeddingStore(tmp_path)
+    with pytest.raises(InputError, match="part 10: img_emb_10.npy is missing"):
+        store_info(tmp_path)
+    assert f"part 10: img_emb_10.npy is missing (the part has {files[remaining].name})" in _problems(tmp_path)
+    # read leniently, the store is what the remaining img_emb files hold
+    lenient = EmbeddingStore(tmp_path, strict=False)
+    assert lenient.count == sum(len(np.load(p)) for p in (tmp_path / "img_emb").glob("img_emb_*.npy")) == sum(map(len, parts[:10]))
+
+
+def test_clip_retrieval_part_without_img_emb_or_metadata_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    parts = [unit_rows(rng, 4, 8) for _ in range(12)]
+    write_clip_retrieval_folder(tmp_path, parts, [[f"{i}_{j}" for j in range(4)] for i in range(12)])
+    (tmp_path / "img_emb" / "img_emb_10.npy").unlink()
+    (tmp_path / "metadata" / "metadata_03.parquet").unlink()
+    with pytest.raises(InputError) as err:
+        EmbeddingStore(tmp_path)
+    assert "part 03 (img_emb_03.npy): metadata metadata_03.parquet is missing" in str(err.value)
+    assert "part 10: img_emb_10.npy is missing (the part has metadata_10.parquet)" in str(err.value)
+    text = _problems(tmp_path)
+    assert "part 10: img_emb_10.npy is missing" in text and "metadata metadata_03.parquet is missing" in text
+
+
+def test_part_listed_in_sidecar_but_gone_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    _write(tmp_path, [unit_rows(rng, 3, 8), unit_rows(rng, 2, 8)])
+    st.write_sidecar(tmp_path, model=None, records=[st.read_part_record(tmp_path, i, 2) for i in range(2)])
+    for f in tmp_path.glob("*/*_1.*"):
+        f.unlink()
+    with pytest.raises(InputError, match=r"part 1: img_emb_1.npy is missing \(the part has an entry in oodlab.json\)"):
+        EmbeddingStore(tmp_path)
+    text = _problems(tmp_path)
+    assert "part 1: img_emb_1.npy is missing" in text and "oodlab.json: count 5 but the parts hold 3 rows" in text
+
+
+def test_validate_reports_every_kind_of_problem_at_once(tmp_path):
+    rng = np.random.default_rng(0)
+    write_clip_retrieval_folder(tmp_path, [unit_rows(rng, 4, 8), unit_rows(rng, 4, 8), unit_rows(rng, 3, 8)],
+                                [["a", "b", "c", "d"], ["e", "b", "f", "g"], ["h", "i", "j"]])
+    np.save(tmp_path / "img_emb" / "img_emb_02.npy", unit_rows(rng, 5, 8).astype(np.float16))  # 5 rows, metadata 3
+    emb = np.load(tmp_path / "img_emb" / "img_emb_00.npy")
+    emb[1] *= 2
+    np.save(tmp_path / "img_emb" / "img_emb_00.npy", emb)
+    text = _problems(tmp_path)
+    assert "part 02 (img_emb_02.npy): metadata_02.parquet has 3 rows, img_emb has 5" in text
+    assert "part 00 (img_emb_00.npy): 1 rows not unit-norm" in text
+    assert "1 duplicate keys in column 'image_path' (e.g. {'b': 2})" in text
+
+
+# -- gathering rows ----------------------------------------------------------------------------------
+def test_take_and_keys_at_match_fancy_indexing(tmp_path):
+    rng = np.random.default_rng(3)
+    parts = [unit_rows(rng, n, 6) for n in (5, 0, 9, 1, 7)]
+    _write(tmp_path, parts)
+    store = EmbeddingStore(tmp_path)
+    emb, keys = store.read_all()
+    n = len(keys)
+    for rows in (rng.integers(0, n, 40), np.arange(n)[::-1], np.array([6, 6, 0, n - 1, 14, 6]), np.zeros(0, np.int64),
+                 [13, 5]):
+        got = store.take(rows)
+        assert got.dtype == np.float32 and got.shape == (len(rows), 6)
+        np.testing.assert_array_equal(got, emb[np.asarray(rows, np.int64)])
+        assert store.keys_at(rows).tolist() == keys[np.asarray(rows, np.int64)].tolist()
+    np.testing.assert_array_equal(store.take([3, 2], dtype=np.float16), emb[[3, 2]].astype(np.float16))
+    for bad in ([n], [-1]):
+        with pytest.raises(IndexError):
+            store.take(bad)
+        with pytest.raises(IndexError):
+            store.keys_at(bad)
+
+
+def test_take_can_refuse_non_unit_rows_naming_the_part_row(tmp_path):
+    rng = np.random.default_rng(4)
+    _write(tmp_path, [unit_rows(rng, 4, 6), unit_rows(rng, 5, 6)])
+    path = tmp_path / "img_emb" / "img_emb_1.npy"
+    emb = np.load(path)
+    emb[3] *= 2
+    np.save(path, emb)
+    store = EmbeddingStore(tmp_path)
+    assert store.take([7]).shape == (1, 6)  # unchecked by default
+    with pytest.raises(InputError, match=r"img_emb_1.npy: row 3 has norm 2.0"):
+        store.take([0, 7, 1], check_unit=True)
+
+
+# -- missing captions: zero text rows recorded as missing_text ---------------------------------------
+def _store_with_marker_rows(path, recorded):
+    rng = np.random.default_rng(5)
+    img, txt = unit_rows(rng, 5, 8), unit_rows(rng, 5, 8)
+    txt[[1, 3]] = 0
+    keys = [f"k{j}" for j in range(5)]
+    meta = pa.table({"image_path": keys, "caption": ["c0", None, "c2", None, "c4"]})
+    st.write_part(path, 0, 1, image=img, text=txt, metadata=meta, record={"text": True, "missing_text": recorded})
+
+
+def test_validate_accepts_zero_text_rows_only_for_recorded_keys(tmp_path):
+    _store_with_marker_rows(tmp_path / "ok", ["k1", "k3"])
+    assert validate_store(tmp_path / "ok") == []
+    _store_with_marker_rows(tmp_path / "one", ["k1"])
+    text = _problems(tmp_path / "one")
+    assert "part 0 (text_emb_0.npy): 1 rows not unit-norm" in text and "first rows [3]" in text
+    _store_with_marker_rows(tmp_path / "wrong", ["k1", "k2", "k3"])
+    text = _problems(tmp_path / "wrong")
+    assert "1 keys recorded as missing text have a text row other than the all-zero marker (e.g. ['k2'])" in text
+    assert "not unit-norm" not in text

@@ -90,7 +90,7 @@ def stage_model(ctx: DemoContext) -> dict[str, Any]:
 
 def stage_embed(ctx: DemoContext) -> dict[str, Any]:
     from oodlab.embeddings.embed import embed
-    from oodlab.embeddings.store import validate_store
+    from oodlab.embeddings.validate import validate_store
 
     jobs = {"pool": ctx.world / "pool", "imagenet-train": ctx.world / "imagenet-train"}
     jobs.update({name: ctx.world / "eval" / name for name in EVAL_SETS})

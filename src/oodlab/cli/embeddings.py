@@ -11,8 +11,8 @@ import typer
 from oodlab.cli._app import app, call, command, store_app
 
 EMBED = "oodlab.embeddings.embed:embed"
-INFO = "oodlab.embeddings.store:store_info"
-VALIDATE = "oodlab.embeddings.store:validate_store"
+INFO = "oodlab.embeddings.validate:store_info"
+VALIDATE = "oodlab.embeddings.validate:validate_store"
 
 
 @command(app, "embed", EMBED)

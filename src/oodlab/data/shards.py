@@ -131,15 +131,18 @@ def _stream_tar_samples(path: Path) -> Iterator[RawSample]:
                     if not member.isfile():
                         raise InputError(path, f"member {member.name!r} is a link or special file", "re-create the shard")
                     key, ext = split_member_name(member.name)
+                    housekeeping = is_housekeeping(key)
+                    # a header of another key ends the current sample: yield it before reading
+                    # this member's data, which may be what is damaged
+                    if not housekeeping and current is not None and key != current.key:
+                        yield current
+                        current = None
                     handle = tar.extractfile(member)
                     data = handle.read() if handle is not None else b""
                     if len(data) != member.size:
                         raise tarfile.ReadError("unexpected end of data")
-                    if is_housekeeping(key):
+                    if housekeeping:
                         continue
-                    if current is not None and key != current.key:
-                        yield current
-                        current = None
                     if current is None:
                         current = RawSample(key=key, shard=str(path))
                     if ext in current.members:

@@ -8,7 +8,11 @@ re-run gives the same store as one clean run: a unit's batches, and so its numbe
 depend on what else ran.
 
 Corrupt images are skipped and listed with their key in the sidecar; a truncated tar keeps the
-samples before the damage and is listed by name.
+samples before the damage and is listed by name. With ``text=True``, a shard sample without a
+``txt`` member is recorded, never given an invented caption: it keeps its image row, gets the
+all-zero marker row in ``text_emb`` and a null caption, and its key is listed under
+``missing_text`` in its part record and (with its source) in the sidecar, and counted in the
+summary line (see :mod:`oodlab.embeddings.store`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from oodlab.data.folders import FolderSample, is_image_folder, read_file_list, s
 from oodlab.data.shards import iter_tar_samples
 from oodlab.data.tarformat import TruncatedShardError
 from oodlab.embeddings import store as st
+from oodlab.embeddings.validate import find_duplicate_keys
 from oodlab.utils.atomic import remove_stale_temporaries
 from oodlab.utils.errors import IncompatibleError, InputError
 from oodlab.utils.patterns import expand_paths
@@ -217,7 +222,8 @@ def embed(
         out: the store folder; completed parts found there are kept (resume).
         model: open_clip architecture or oodlab tiny config.
         checkpoint: local weights file (None: seeded random weights, for pipelines and tests).
-        text: also embed captions (the ``txt`` member of shards) into ``text_emb/``.
+        text: also embed captions (the ``txt`` member of shards) into ``text_emb/``; a sample
+            without one gets the all-zero marker row and is listed under ``missing_text``.
         device: ``cpu`` or ``cuda``.
         precision: ``fp32``, or ``bf16`` (about 5x faster for ViT-B on CPUs with AMX; cosine
             >= 0.997 to fp32).
@@ -283,13 +289,12 @@ def embed(
             x = x.to(device=loaded.device, dtype=loaded.dtype)
             acc["img"].append(loaded.model.encode_image(x).float().cpu().numpy())
             if text:
-                tokens = loaded.tokenizer([c or "" for c in item["captions"]]).to(loaded.device)
-                acc["text"].append(loaded.model.encode_text(tokens).float().cpu().numpy())
+                acc["text"].append(_encode_captions(loaded, item["captions"], dim=loaded.identity["embed_dim"]))
             acc["keys"].extend(item["keys"])
             acc["captions"].extend(item["captions"])
             acc["meta"].extend(item["meta"])
     records = [done[u.index] for u in units]
-    dups = st.find_duplicate_keys(st.EmbeddingStore(out))
+    dups = find_duplicate_keys(st.EmbeddingStore(out))
     if dups:
         raise InputError(
             out,
@@ -298,6 +303,7 @@ def embed(
         )
     skipped = [s for r in records for s in r["skipped"]]
     truncated = [{"source": r["source"], "error": r["truncated"]} for r in records if r.get("truncated")]
+    missing_text = [{"key": k, "source": r["source"]} for r in records for k in r.get("missing_text", [])]
     sidecar = st.write_sidecar(
         out,
         model=loaded.identity,
@@ -306,17 +312,31 @@ def embed(
         text=text,
         skipped=skipped,
         truncated_shards=truncated,
+        missing_text=missing_text,
         parameters={"batch_size": batch_size, "images_per_part": images_per_part, "device": device},
     )
     rate = n_images / timer.seconds if timer.seconds > 0 else 0.0
     summary(
         f"embed: {sidecar['count']} rows in {n_parts} parts ({len(units) - len(todo)} resumed), "
         f"{n_images} new images in {timer.seconds:.1f} s ({rate:.0f} img/s), "
-        f"{len(skipped)} skipped, {len(truncated)} truncated shards -> {out}"
+        f"{len(skipped)} skipped, {len(truncated)} truncated shards"
+        + (f", {len(missing_text)} without caption (no text embedding)" if text else "")
+        + f" -> {out}"
     )
     for t in truncated:
         log.warning("truncated shard: %s", t["error"])
     return sidecar
+
+
+def _encode_captions(loaded: Any, captions: Sequence[str | None], *, dim: int) -> np.ndarray:
+    """float32 [len(captions), dim]: the text embeddings of the captions, the all-zero marker row
+    for a missing (None) one."""
+    out = np.zeros((len(captions), dim), np.float32)
+    present = [i for i, c in enumerate(captions) if c is not None]
+    if present:
+        tokens = loaded.tokenizer([captions[i] for i in present]).to(loaded.device)
+        out[present] = loaded.model.encode_text(tokens).float().cpu().numpy()
+    return out
 
 
 def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
@@ -344,6 +364,7 @@ def _write_unit(
         "skipped": end["skipped"],
         "truncated": end["truncated"],
         "text": fingerprint["text"],
+        "missing_text": [k for k, c in zip(acc["keys"], acc["captions"]) if c is None] if fingerprint["text"] else [],
         "fingerprint": _comparable(fingerprint),
     }
     return st.write_part(out, unit.index, n_parts, image=image, text=text, metadata=pa.table(columns), record=record)

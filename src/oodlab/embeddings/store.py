@@ -4,7 +4,7 @@
 
     STORE/
       img_emb/img_emb_{i}.npy            float16 [n_i, d], L2-normalised rows
-      text_emb/text_emb_{i}.npy          optional, same rows
+      text_emb/text_emb_{i}.npy          optional, same rows (a sample without a caption: all zeros)
       metadata/metadata_{i}.parquet      image_path (= sample key), caption, label columns...
       stats/part_{i}.json                oodlab: per-part record, written last (commit marker)
       oodlab.json                        oodlab: format version, model identity, dim, dtype,
@@ -15,16 +15,28 @@ Rows are aligned across the three files of a part. ``{i}`` is zero-padded to
 parts numerically. Any clip-retrieval folder (e.g. LAION-400M's released embeddings) reads with or
 without the sidecar; the key column is configurable.
 
+Parts are the union of the suffixes found in ``img_emb/``, ``text_emb/``, ``metadata/``,
+``stats/`` and the sidecar's part list, so a deleted file is never a silently smaller store: a
+part with metadata, text, a stats record or a sidecar entry but no ``img_emb``, or with
+``img_emb`` but no metadata, is damaged, and :class:`EmbeddingStore` refuses the store
+(``strict=False`` opens it anyway and lists the damage, for validation).
+
+Missing captions are recorded, never invented: a sample embedded with ``--text`` that has no
+caption keeps its image row, gets an all-zero *marker* row in ``text_emb`` (so text rows stay
+aligned with image rows) and a null caption, and its key is listed under ``missing_text`` in
+its part record (and, with its source, in the sidecar). Validation accepts a zero text row only
+for such a key.
+
 Readers stream: :meth:`EmbeddingStore.iter_chunks` memory-maps one part at a time and copies at
-most ``chunk_rows`` rows, so memory is bounded by the chunk, never by the store.
+most ``chunk_rows`` rows, so memory is bounded by the chunk, never by the store;
+:meth:`EmbeddingStore.take` and :meth:`EmbeddingStore.keys_at` gather given rows one part at a
+time. Validation and summaries live in :mod:`oodlab.embeddings.validate`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -42,7 +54,13 @@ DEFAULT_KEY_COLUMN = "image_path"
 #: |norm - 1| allowed for a stored row: float16 rounding moves a unit norm by at most ~5e-4
 NORM_TOLERANCE = 5e-3
 
-_PART_RX = re.compile(r"^img_emb_(\d+)\.npy$")
+#: the per-part files, by kind: (folder, name pattern with the part suffix as group 1)
+PART_FILES = {
+    "img": (IMG_DIR, re.compile(r"^img_emb_(\d+)\.npy$")),
+    "text": (TEXT_DIR, re.compile(r"^text_emb_(\d+)\.npy$")),
+    "metadata": (META_DIR, re.compile(r"^metadata_(\d+)\.parquet$")),
+    "stats": (STATS_DIR, re.compile(r"^part_(\d+)\.json$")),
+}
 
 
 def part_suffix(index: int, n_parts: int) -> str:
@@ -95,6 +113,19 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return arr.shape, arr.dtype
 
 
+def _part_files(path: Path) -> dict[str, dict[str, Path]]:
+    """{suffix: {kind: file}} of every per-part file in the store folder (kinds: PART_FILES)."""
+    found: dict[str, dict[str, Path]] = {}
+    for kind, (folder, rx) in PART_FILES.items():
+        if not (path / folder).is_dir():
+            continue
+        for f in (path / folder).iterdir():
+            m = rx.match(f.name)
+            if m:
+                found.setdefault(m.group(1), {})[kind] = f
+    return found
+
+
 class EmbeddingStore:
     """Read access to an embedding store folder (see module docstring).
 
@@ -102,45 +133,79 @@ class EmbeddingStore:
         path: the store folder.
         key_column: metadata column holding the sample key (default: the sidecar's, else
             ``image_path``).
+        strict: refuse a damaged store (a part missing its ``img_emb`` or metadata file, an
+            unreadable ``img_emb``). With False the store opens anyway: ``parts`` holds the parts
+            whose ``img_emb`` is readable (their metadata may be missing) and ``problems`` lists
+            the damage; only validation should read a store this way.
+
+    Attributes:
+        parts: the readable parts, in numeric order of their suffix.
+        problems: the structural problems found when opening (empty when ``strict``).
+
+    Raises:
+        InputError: ``path`` is not a store, or (``strict``) the store is damaged, naming every
+            damaged part (up to a few) and the fix.
     """
 
-    def __init__(self, path: str | Path, key_column: str | None = None):
+    def __init__(self, path: str | Path, key_column: str | None = None, *, strict: bool = True):
         self.path = Path(path)
-        img_dir = self.path / IMG_DIR
-        if not img_dir.is_dir():
+        if not (self.path / IMG_DIR).is_dir():
             raise InputError(
                 self.path, f"is not an embedding store (no {IMG_DIR}/ folder)", "pass a folder written by `oodlab embed` or clip-retrieval"
             )
         sidecar = self.path / SIDECAR
         self.sidecar: dict[str, Any] | None = read_json(sidecar) if sidecar.exists() else None
         self.key_column = key_column or (self.sidecar or {}).get("key_column", DEFAULT_KEY_COLUMN)
-        found = []
-        for p in img_dir.iterdir():
-            m = _PART_RX.match(p.name)
-            if m:
-                found.append((int(m.group(1)), m.group(1), p))
-        if not found:
-            raise InputError(img_dir, "holds no img_emb_*.npy part", "run `oodlab embed` first")
-        found.sort()
+        files = _part_files(self.path)
+        listed = [e.get("suffix") for e in (self.sidecar or {}).get("parts", []) if isinstance(e, dict)]
+        for suffix in listed:
+            if isinstance(suffix, str) and suffix.isdigit():
+                files.setdefault(suffix, {})
+        if not files:
+            raise InputError(self.path / IMG_DIR, "holds no img_emb_*.npy part", "run `oodlab embed` first")
+        problems: list[str] = []
         parts = []
-        for index, suffix, img in found:
-            shape, dtype = _npy_header(img)
+        for suffix in sorted(files, key=lambda x: (int(x), x)):
+            have = files[suffix]
+            img = have.get("img")
+            meta = self.path / META_DIR / f"metadata_{suffix}.parquet"
+            if img is None:
+                present = [f.name for f in have.values()] or [f"an entry in {SIDECAR}"]
+                problems.append(f"part {suffix}: img_emb_{suffix}.npy is missing (the part has {', '.join(present)})")
+                continue
+            name = f"part {suffix} ({img.name})"
+            try:
+                shape, dtype = _npy_header(img)
+            except InputError as err:
+                problems.append(f"{name}: {err.problem}")
+                continue
             if len(shape) != 2:
-                raise InputError(img, f"has shape {shape}, expected [rows, dim]", "re-create this part")
-            text = self.path / TEXT_DIR / f"text_emb_{suffix}.npy"
+                problems.append(f"{name}: has shape {shape}, expected [rows, dim]")
+                continue
+            if "metadata" not in have:
+                problems.append(f"{name}: metadata {meta.name} is missing")
             parts.append(
                 StorePart(
-                    index=index,
+                    index=int(suffix),
                     suffix=suffix,
                     img_path=img,
-                    meta_path=self.path / META_DIR / f"metadata_{suffix}.parquet",
-                    text_path=text if text.exists() else None,
+                    meta_path=meta,
+                    text_path=have.get("text"),
                     rows=int(shape[0]),
                     dim=int(shape[1]),
                     dtype=str(dtype),
                 )
             )
+        if strict and problems:
+            more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+            raise InputError(
+                self.path,
+                f"is damaged: {'; '.join(problems[:3])}{more}",
+                "restore the missing files; for an oodlab store, re-running the same `oodlab embed` re-creates "
+                "the damaged parts. `oodlab store validate` lists every problem",
+            )
         self.parts: list[StorePart] = parts
+        self.problems: list[str] = problems
 
     # -- summary -----------------------------------------------------------------------------
     @property
@@ -170,7 +235,7 @@ class EmbeddingStore:
         return self.count
 
     def __repr__(self) -> str:
-        return f"EmbeddingStore({str(self.path)!r}, count={self.count}, dim={self.parts[0].dim}, parts={len(self.parts)})"
+        return f"EmbeddingStore({str(self.path)!r}, count={self.count}, dim={self.parts[0].dim if self.parts else None}, parts={len(self.parts)})"
 
     # -- reading -----------------------------------------------------------------------------
     def part_offsets(self) -> np.ndarray:
@@ -257,6 +322,67 @@ class EmbeddingStore:
             keys.append(chunk.keys)
         return np.concatenate(embs), np.concatenate(keys)
 
+    def _rows_by_part(self, rows: np.ndarray) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """For each part holding some of ``rows``: (its position, where those rows are in
+        ``rows``, their row numbers within the part, ascending)."""
+        rows = np.asarray(rows, np.int64)
+        if rows.ndim != 1:
+            raise ValueError(f"rows must be 1-D, got shape {rows.shape}")
+        offsets = self.part_offsets()
+        if len(rows) and (rows.min() < 0 or rows.max() >= offsets[-1]):
+            raise IndexError(f"rows must lie in [0, {offsets[-1]}), got [{rows.min()}, {rows.max()}]")
+        order = np.argsort(rows, kind="stable")
+        sorted_rows = rows[order]
+        bounds = np.searchsorted(sorted_rows, offsets)
+        for pi in range(len(self.parts)):
+            lo, hi = bounds[pi], bounds[pi + 1]
+            if lo < hi:
+                yield pi, order[lo:hi], sorted_rows[lo:hi] - offsets[pi]
+
+    def take(self, rows: np.ndarray | Sequence[int], *, dtype: Any = np.float32, check_unit: bool = False) -> np.ndarray:
+        """The image embeddings of global row indices ``rows``: ``dtype`` [len(rows), d].
+
+        ``rows`` may come in any order and repeat. Memory: the result plus the requested rows of
+        one part at a time (parts are memory-mapped), never the whole store.
+
+        Args:
+            rows: int [m] global row indices (rows counted over parts in order).
+            dtype: dtype of the result.
+            check_unit: refuse NaN/inf and non-unit rows (:func:`check_unit_rows`, naming the
+                part file and the row in it).
+
+        Raises:
+            IndexError: a row outside ``[0, count)``.
+        """
+        out = np.empty((len(rows), self.dim), dtype=dtype)
+        for pi, where, local in self._rows_by_part(rows):
+            part = self.parts[pi]
+            block = np.load(part.img_path, mmap_mode="r", allow_pickle=False)[local]
+            if check_unit:
+                check_unit_rows(block, part.img_path, "row", local)
+            out[where] = block
+        return out
+
+    def keys_at(self, rows: np.ndarray | Sequence[int]) -> np.ndarray:
+        """The keys of global row indices ``rows`` (any order, repeats allowed): object [len(rows)].
+
+        Memory: the result plus the keys of one part at a time.
+
+        Raises:
+            IndexError: a row outside ``[0, count)``.
+            InputError: a part's metadata is missing, lacks the key column or has another row
+                count than its embeddings.
+        """
+        out = np.empty(len(rows), dtype=object)
+        for pi, where, local in self._rows_by_part(rows):
+            part = self.parts[pi]
+            keys = np.concatenate(list(self.iter_keys(part, max(part.rows, 1))))
+            if len(keys) != part.rows:
+                raise InputError(part.meta_path, f"has {len(keys)} rows, {part.img_path.name} has {part.rows}",
+                                 "the part is damaged; re-create it")
+            out[where] = keys[local]
+        return out
+
     def read_metadata(self, columns: Sequence[str] | None = None) -> Any:
         """The metadata of all parts as one pyarrow Table (for small stores and reports)."""
         import pyarrow as pa
@@ -310,7 +436,8 @@ def write_part(
     Args:
         image: float [n, d] embeddings, L2-normalised here and stored as float16.
         metadata: pyarrow Table with n rows, including the key column.
-        text: optional float [n, d] text embeddings.
+        text: optional float [n, d] text embeddings; an all-zero row marks a sample without a
+            caption (stays zero; list its key under ``missing_text`` in ``record``).
         record: extra fields for the part's stats record (source, skipped samples...).
 
     Returns:
@@ -364,142 +491,3 @@ def write_sidecar(store: str | Path, *, model: dict[str, Any] | None, records: l
     sidecar.update(fields)
     write_json(Path(store) / SIDECAR, sidecar)
     return sidecar
-
-
-# -- info and validation -----------------------------------------------------------------------
-def store_info(path: str | Path, key_column: str | None = None) -> dict[str, Any]:
-    """JSON summary of a store: count, dim, dtype, model, parts, text, key column."""
-    store = EmbeddingStore(path, key_column)
-    return {
-        "path": str(store.path),
-        "count": store.count,
-        "dim": store.parts[0].dim if len({p.dim for p in store.parts}) == 1 else sorted({p.dim for p in store.parts}),
-        "dtype": store.dtype,
-        "parts": len(store.parts),
-        "rows_per_part": {"min": min(p.rows for p in store.parts), "max": max(p.rows for p in store.parts)},
-        "text": store.has_text,
-        "key_column": store.key_column,
-        "sidecar": store.sidecar is not None,
-        "model": store.model,
-        "skipped": len((store.sidecar or {}).get("skipped", [])),
-    }
-
-
-def _hash_keys(keys: np.ndarray) -> np.ndarray:
-    # Python's str hash is salted per process, which is fine: hashes never leave this process.
-    return np.fromiter((hash(k) for k in keys), dtype=np.int64, count=len(keys))
-
-
-def find_duplicate_keys(store: EmbeddingStore, chunk_rows: int = 1 << 20, bucket_rows: int = 1 << 25) -> dict[str, int]:
-    """Keys that occur more than once, with their counts.
-
-    Memory is bounded by ``bucket_rows`` hashes: a store larger than that has its 8-byte key
-    hashes spilled into buckets on disk (by hash value) and each bucket is checked alone.
-    """
-    n_buckets = max(1, -(-store.count // bucket_rows))
-    with tempfile.TemporaryDirectory(prefix="oodlab-dupkeys-") as tmp:
-        files = [open(Path(tmp) / f"b{i}.bin", "wb") for i in range(n_buckets)]
-        try:
-            for part in store.parts:
-                for keys in store.iter_keys(part, chunk_rows):
-                    h = _hash_keys(keys)
-                    bucket = (h.view(np.uint64) % np.uint64(n_buckets)).astype(np.int64)
-                    for b in range(n_buckets):
-                        files[b].write(h[bucket == b].tobytes())
-        finally:
-            for f in files:
-                f.close()
-        suspects: list[np.ndarray] = []
-        for i in range(n_buckets):
-            h = np.fromfile(Path(tmp) / f"b{i}.bin", dtype=np.int64)
-            values, counts = np.unique(h, return_counts=True)
-            suspects.append(values[counts > 1])
-    suspect = np.concatenate(suspects)
-    if not len(suspect):
-        return {}
-    # hashes can collide: confirm on the keys themselves (few, since duplicates are rare)
-    counter: Counter[str] = Counter()
-    for part in store.parts:
-        for keys in store.iter_keys(part, chunk_rows):
-            hit = np.isin(_hash_keys(keys), suspect)
-            counter.update(keys[hit].tolist())
-    return {k: c for k, c in counter.items() if c > 1}
-
-
-def validate_store(
-    path: str | Path, key_column: str | None = None, *, chunk_rows: int = 65536, norm_tolerance: float = NORM_TOLERANCE
-) -> list[str]:
-    """Check a store; returns the problems found (empty when sound), each naming the part.
-
-    Checks: every part has metadata with the key column and the same row count (and text
-    embeddings, if any part has them); dims and dtypes agree across parts; no NaN/inf rows; rows
-    are unit-norm within ``norm_tolerance``; keys are unique; the sidecar (if any) agrees.
-    """
-    store = EmbeddingStore(path, key_column)
-    problems: list[str] = []
-    dims = Counter(p.dim for p in store.parts)
-    dtypes = Counter(p.dtype for p in store.parts)
-    main_dim, main_dtype = dims.most_common(1)[0][0], dtypes.most_common(1)[0][0]
-    any_text = any(p.text_path for p in store.parts)
-    readable = []
-    for p in store.parts:
-        name = f"part {p.suffix} ({p.img_path.name})"
-        if p.dim != main_dim:
-            problems.append(f"{name}: dim {p.dim} differs from the other parts' {main_dim}")
-        if p.dtype != main_dtype:
-            problems.append(f"{name}: dtype {p.dtype} differs from the other parts' {main_dtype}")
-        if p.dtype not in ("float16", "float32"):
-            problems.append(f"{name}: dtype {p.dtype} is not float16 or float32")
-        if any_text and p.text_path is None:
-            problems.append(f"{name}: text_emb_{p.suffix}.npy is missing while other parts have text embeddings")
-        if p.text_path is not None:
-            shape, _ = _npy_header(p.text_path)
-            if shape[0] != p.rows:
-                problems.append(f"{name}: {p.text_path.name} has {shape[0]} rows, img_emb has {p.rows}")
-        if not p.meta_path.exists():
-            problems.append(f"{name}: metadata {p.meta_path.name} is missing")
-            continue
-        import pyarrow.parquet as pq
-
-        meta = pq.ParquetFile(p.meta_path)
-        if meta.metadata.num_rows != p.rows:
-            problems.append(f"{name}: {p.meta_path.name} has {meta.metadata.num_rows} rows, img_emb has {p.rows}")
-            continue
-        if store.key_column not in meta.schema_arrow.names:
-            problems.append(f"{name}: {p.meta_path.name} has no key column {store.key_column!r}")
-            continue
-        readable.append(p)
-    for kind in ("img", "text") if any_text else ("img",):
-        for pi, p in enumerate(store.parts):
-            if kind == "text" and p.text_path is None:
-                continue
-            bad_finite, bad_norm, first = 0, 0, []
-            for chunk in store.iter_chunks(chunk_rows, text=kind == "text", keys=False, parts=[pi]):
-                x = chunk.embeddings
-                finite = np.isfinite(x).all(axis=1)
-                norms = np.linalg.norm(np.where(np.isfinite(x), x, 0), axis=1)
-                off = finite & (np.abs(norms - 1) > norm_tolerance)
-                bad_finite += int((~finite).sum())
-                bad_norm += int(off.sum())
-                first += (np.flatnonzero(~finite | off)[:5] + chunk.start).tolist()
-            name = f"part {p.suffix} ({kind}_emb_{p.suffix}.npy)"
-            if bad_finite:
-                problems.append(f"{name}: {bad_finite} rows with NaN/inf (first rows {first[:5]})")
-            if bad_norm:
-                problems.append(
-                    f"{name}: {bad_norm} rows not unit-norm (|norm - 1| > {norm_tolerance}; first rows {first[:5]})"
-                )
-    if len(readable) == len(store.parts):
-        dups = find_duplicate_keys(store, chunk_rows=max(chunk_rows, 1 << 16))
-        if dups:
-            sample = dict(list(dups.items())[:5])
-            problems.append(f"{len(dups)} duplicate keys in column {store.key_column!r} (e.g. {sample})")
-    if store.sidecar is not None:
-        sc = store.sidecar
-        if sc.get("count") not in (None, store.count):
-            problems.append(f"{SIDECAR}: count {sc['count']} but the parts hold {store.count} rows")
-        if sc.get("dim") not in (None, main_dim):
-            problems.append(f"{SIDECAR}: dim {sc['dim']} but the parts have {main_dim}")
-        if "parts" in sc and len(sc["parts"]) != len(store.parts):
-            problems.append(f"{SIDECAR}: lists {len(sc['parts'])} parts but {len(store.parts)} are on disk")
-    return problems

@@ -41,7 +41,7 @@ import numpy as np
 from oodlab.embeddings.store import EmbeddingStore, check_unit_rows
 from oodlab.models.loading import same_model
 from oodlab.similarity.engine import EvalSet, StreamingNeighbors
-from oodlab.similarity.neighbors import keys_at, stream_pass
+from oodlab.similarity.neighbors import stream_pass
 from oodlab.utils.atomic import atomic_path, read_json, remove_stale_temporaries, write_json, write_parquet
 from oodlab.utils.errors import IncompatibleError, InputError
 from oodlab.utils.manifest import MANIFEST_NAME, build_manifest
@@ -234,22 +234,6 @@ def _sample_rows(n: int, size: int, seed: int, stream: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(size, n), replace=False)).astype(np.int64)
 
 
-def _gather(store: EmbeddingStore, rows: np.ndarray, *, with_keys: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """float32 [len(rows), d] embeddings (and keys) of sorted global rows, one part at a time."""
-    offsets = store.part_offsets()
-    blocks = []
-    for pi, part in enumerate(store.parts):
-        lo, hi = np.searchsorted(rows, offsets[pi : pi + 2])
-        if lo < hi:
-            emb = np.load(part.img_path, mmap_mode="r", allow_pickle=False)
-            local = rows[lo:hi] - offsets[pi]
-            block = np.asarray(emb[local], dtype=np.float32)
-            check_unit_rows(block, part.img_path, "row", local)
-            blocks.append(block)
-    x = np.concatenate(blocks) if blocks else np.zeros((0, store.dim), np.float32)
-    return x, keys_at(store, rows) if with_keys else None
-
-
 class KeyLookup:
     """Row id -> key through ``keys.parquet``, reading only the row groups that hold the ids."""
 
@@ -405,7 +389,7 @@ def build_index(
                 ivf = faiss.try_extract_index_ivf(index)
                 want = max(MIN_TRAIN_ROWS, TRAIN_PER_CENTROID * (ivf.nlist if ivf is not None else 0))
                 rows = _sample_rows(n, min(want, MAX_TRAIN_ROWS), seed, 0)
-                x, _ = _gather(train, rows, with_keys=False)
+                x = train.take(rows, check_unit=True)
                 train_rows = len(x)
                 log.info("index build: training %s on %d sampled rows", chosen, train_rows)
                 index.train(x)
@@ -423,7 +407,7 @@ def build_index(
             per_query = np.zeros(0)
             q_keys = np.zeros(0, dtype=object)
             if len(q_rows):
-                queries, q_keys = _gather(train, q_rows)
+                queries, q_keys = train.take(q_rows, check_unit=True), train.keys_at(q_rows)
                 _, ann = index.search(queries, recall_k)
                 exact = _exact_topk(train, queries, q_keys, recall_k, chunk_rows)
                 per_query = recall_at_k(ann, exact)
@@ -589,7 +573,7 @@ def search_index(
             per_query, q_keys = np.zeros(0), np.zeros(0, dtype=object)
             if len(q_rows):
                 train = _training_store(built, infos)
-                queries, q_keys = _gather(ev, q_rows)
+                queries, q_keys = ev.take(q_rows, check_unit=True), ev.keys_at(q_rows)
                 per_query = recall_at_k(q_ann, _exact_topk(train, queries, q_keys, k, chunk_rows))
             _write_recall(out / RECALL_FILE, q_keys, per_query)
             recall = _report_recall(per_query, k, "index search")

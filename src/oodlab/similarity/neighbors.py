@@ -134,23 +134,6 @@ def reference_thresholds(
     return {name: (scores[:, 0], idx[:, 0]) for name, (idx, scores) in engine.topk_result().items()}
 
 
-def keys_at(store: EmbeddingStore, rows: np.ndarray, chunk_rows: int = 1 << 20) -> np.ndarray:
-    """Keys of global row indices ``rows`` (any order), reading one part's keys at a time."""
-    rows = np.asarray(rows, np.int64)
-    out = np.empty(len(rows), dtype=object)
-    offsets = store.part_offsets()
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    for pi, part in enumerate(store.parts):
-        lo, hi = np.searchsorted(sorted_rows, [offsets[pi], offsets[pi + 1]])
-        if lo == hi:
-            continue
-        local = sorted_rows[lo:hi] - offsets[pi]
-        keys = np.concatenate(list(store.iter_keys(part, chunk_rows)))
-        out[order[lo:hi]] = keys[local]
-    return out
-
-
 def _part_table(part_keys: np.ndarray, results: list, evals: list[EvalSet]) -> Any:
     import pyarrow as pa
 
@@ -299,7 +282,7 @@ def _resolve_thresholds(out: Path, eval_sets: list[EvalSet], files: dict, ref_na
         result = reference_thresholds(need, ref_store, chunk_rows=chunk_rows, precision=precision, device=device)
         for e in need:
             t, ridx = result[e.name]
-            rkeys = keys_at(ref_store, ridx)
+            rkeys = ref_store.keys_at(ridx)
             table = pa.table({"key": e.keys.tolist(), "threshold": t, "reference_key": rkeys.tolist()})
             write_parquet(out / "thresholds" / f"{e.name}.parquet", table)
         write_json(out / "thresholds" / "manifest.json", build_manifest(
@@ -333,7 +316,7 @@ def _write_eval_outputs(out: Path, engine: StreamingNeighbors, eval_sets: list[E
         e = next(x for x in eval_sets if x.name == name)
         valid = idx >= 0
         qi, rank = np.nonzero(valid)
-        train_keys = keys_at(train, idx[valid])
+        train_keys = train.keys_at(idx[valid])
         table = pa.table({
             "query_key": e.keys[qi].tolist(),
             "rank": rank.astype(np.int32),

@@ -11,7 +11,6 @@
   centroid (ties -> lower cluster index), and ``(row, cluster, similarity)`` records are appended
   to one bucket file per range of clusters, so that clusters can later be processed one range at
   a time without an n x n anything.
-- :func:`gather_rows`: the stored embeddings of given rows (memory-mapped parts).
 """
 
 from __future__ import annotations
@@ -46,22 +45,6 @@ def sample_rows(n: int, considered: np.ndarray | None, size: int, seed: int, blo
         lo, hi = np.searchsorted(picks, [seen, seen + len(idx)])
         out[lo:hi] = idx[picks[lo:hi] - seen]
         seen += len(idx)
-    return out
-
-
-def gather_rows(store: EmbeddingStore, rows: np.ndarray) -> np.ndarray:
-    """float32 [len(rows), d]: the stored embeddings of global ``rows`` (any order)."""
-    rows = np.asarray(rows, np.int64)
-    order = np.argsort(rows, kind="stable")
-    sorted_rows = rows[order]
-    out = np.empty((len(rows), store.dim), np.float32)
-    offsets = store.part_offsets()
-    for pi, part in enumerate(store.parts):
-        lo, hi = np.searchsorted(sorted_rows, [offsets[pi], offsets[pi + 1]])
-        if lo == hi:
-            continue
-        emb = np.load(part.img_path, mmap_mode="r", allow_pickle=False)
-        out[order[lo:hi]] = emb[sorted_rows[lo:hi] - offsets[pi]]
     return out
 
 

@@ -183,7 +183,7 @@ def _run(store: EmbeddingStore, out: Path, work: Path, *, eps: float, clusters: 
     k = clusters if clusters is not None else max(1, math.ceil(n_c / ROWS_PER_CLUSTER))
     if k > m:
         raise InputError(None, f"clusters={k} exceeds the {m} rows sampled for k-means", "pass fewer clusters or more sample_rows")
-    sample = cl.gather_rows(store, cl.sample_rows(n, considered, m, seed))
+    sample = store.take(cl.sample_rows(n, considered, m, seed))
     centroids = cl.train_centroids(sample, k, iterations=iterations, seed=seed)
     del sample
     save_npy(out / CENTROIDS, centroids)
@@ -203,7 +203,7 @@ def _run(store: EmbeddingStore, out: Path, work: Path, *, eps: float, clusters: 
                 if hi <= lo:
                     continue
                 rows = rec["row"][lo:hi]
-                result = dedup_ordered(cl.gather_rows(store, rows), eps, rule=rule, block_rows=block_rows)
+                result = dedup_ordered(store.take(rows), eps, rule=rule, block_rows=block_rows)
                 kept[rows] = result.kept
                 score[rows] = result.score
                 cause[rows] = np.where(result.cause >= 0, rows[np.maximum(result.cause, 0)], -1)
@@ -227,10 +227,8 @@ def _memmap(path: Path, dtype: Any, n: int, fill: Any) -> np.ndarray:
 
 def _write_outputs(store: EmbeddingStore, out: Path, considered: np.ndarray | None, kept: np.ndarray, score: np.ndarray,
                    cause: np.ndarray, cluster_of: np.ndarray, centroid_sim: np.ndarray) -> int:
-    from oodlab.similarity.neighbors import keys_at
-
     cause_rows = np.unique(np.asarray(cause)[np.asarray(cause) >= 0])
-    cause_keys = keys_at(store, cause_rows) if len(cause_rows) else np.zeros(0, dtype=object)
+    cause_keys = store.keys_at(cause_rows)
     offsets = store.part_offsets()
     schema = _schema()
     with KeyListWriter(out / KEPT, schema) as kept_w, KeyListWriter(out / REMOVED, schema) as removed_w:
