@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/oodlab demo $(DEMO_OUT)
+	$(VENV)/bin/oodlab demo --out $(DEMO_OUT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -33,10 +33,3 @@ def write_csv(path: str | Path, frame: Any) -> Path:
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
         frame.to_csv(f, index=False, lineterminator="\n")
     return path
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
-        f.write(text)
-    return path

@@ -4,9 +4,9 @@ Joins each eval sample's nearest-neighbour (NN) similarity to a training set wit
 model classified it correctly, bins the similarity axis and reports the accuracy per bin with a
 95% Wilson score interval. Outputs under ``OUT``::
 
-    accuracy.csv     bin_left, bin_right, n, correct, accuracy, ci_low, ci_high (one row per bin,
-                     empty bins included with empty accuracy)
-    accuracy.png     accuracy vs bin centre with CI error bars (top), samples per bin (bottom)
+    {eval_set}/accuracy.csv   bin_left, bin_right, n, correct, accuracy, ci_low, ci_high (one row
+                              per bin, empty bins included with empty accuracy)
+    {eval_set}/accuracy.png   accuracy vs bin centre with CI error bars (top), samples per bin (bottom)
     manifest.json
 """
 
@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from oodlab.analysis._io import new_figure, save_png, write_csv
 from oodlab.analysis.sources import SOURCES, nn_similarity
 from oodlab.analysis.stats import BINNINGS, accuracy_by_bin
-from oodlab.utils.atomic import read_json, write_json
+from oodlab.similarity.layout import NeighborsFolder
 from oodlab.utils.errors import InputError
-from oodlab.utils.manifest import MANIFEST_NAME, build_manifest
+from oodlab.utils.names import check_names
 from oodlab.utils.progress import summary
+from oodlab.utils.runs import RunFolder, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -87,32 +88,36 @@ def join_by_key(sim_keys: np.ndarray, sims: np.ndarray, pred_keys: np.ndarray, c
     return sims, correct[np.array([pos[k] for k in sim_keys_str], np.int64)]
 
 
-def accuracy_vs_similarity(
-    similarity: str | Path,
-    eval_set: str,
-    predictions: str | Path,
+def similarity_accuracy(
+    neighbors: str | Path,
+    predictions: Mapping[str, str | Path],
     out: str | Path,
     *,
-    bins: int | Sequence[float] = 10,
+    bins: int = 20,
+    bin_edges: Sequence[float] | None = None,
     binning: str = "width",
     source: str = "train",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Accuracy per bin of NN similarity, with 95% Wilson intervals.
+    """Accuracy per bin of NN similarity, with 95% Wilson intervals, per eval set.
 
     Args:
-        similarity: an ``oodlab neighbors`` output folder.
-        eval_set: the eval set's name in it.
-        predictions: parquet with columns key and correct (bool) for that eval set's samples.
-        out: output folder (see module docstring).
-        bins: number of bins, or explicit increasing edges (cosine similarity; samples outside are
-            left out and counted in the manifest).
+        neighbors: an ``oodlab neighbors`` output folder.
+        predictions: eval set name (as in ``neighbors``) -> parquet with columns key and correct
+            (bool) for its samples, e.g. an ``oodlab evaluate`` ``predictions.parquet``.
+        out: output folder: ``{eval_set}/accuracy.csv``, ``{eval_set}/accuracy.png``,
+            ``manifest.json``.
+        bins: number of bins of the scheme ``binning``.
+        bin_edges: instead of ``bins``: explicit increasing edges (cosine similarity; samples
+            outside are left out and counted in the manifest).
         binning: ``"width"`` (equal-width bins from the smallest to the largest similarity) or
             ``"mass"`` (quantile bins with equal counts up to ties).
         source: ``"train"`` (NN similarity to the run's training store, the rank-0 score) or
             ``"reference"`` (to its reference set, e.g. ImageNet-train: the thresholds).
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
-        the manifest (also written to ``out/manifest.json``).
+        the manifest (also written to ``out/manifest.json``), ``counts`` per eval set.
 
     Raises:
         InputError: unknown binning/source, a missing or malformed file, keys present on only one
@@ -122,31 +127,37 @@ def accuracy_vs_similarity(
         raise InputError(None, f"unknown binning {binning!r}", f"use one of {sorted(BINNINGS)}")
     if source not in SOURCES:
         raise InputError(None, f"unknown similarity source {source!r}", f"use one of {sorted(SOURCES)}")
-    similarity, predictions, out = Path(similarity), Path(predictions), Path(out)
-    sim_keys, sims = nn_similarity(similarity, eval_set, source)
-    sim_path = similarity / SOURCES[source].subdir / f"{eval_set}.parquet"
-    pred_keys, correct = read_correctness(predictions)
-    sims, correct = join_by_key(sim_keys, sims, pred_keys, correct, sim_path, predictions)
-    table = accuracy_by_bin(sims, correct, bins=bins, binning=binning, confidence=CONFIDENCE)
-    write_csv(out / "accuracy.csv", table)
-    _plot(table, eval_set, source, binning, float(correct.mean()), out / "accuracy.png")
-    run_manifest = similarity / MANIFEST_NAME
-    model = read_json(run_manifest).get("model") if run_manifest.exists() else None
-    binned = int(table["n"].sum())
-    manifest = build_manifest(
-        "accuracy-vs-similarity",
-        inputs={"similarity": str(sim_path), "predictions": str(predictions)},
-        parameters={"eval_set": eval_set, "bins": bins if isinstance(bins, int) else [float(b) for b in bins],
-                    "binning": binning, "source": source, "confidence": CONFIDENCE},
-        model=model,
-        counts={"samples": len(sims), "correct": int(correct.sum()), "binned": binned, "outside_edges": len(sims) - binned,
-                "bins": len(table), "empty_bins": int((table["n"] == 0).sum())},
-        outputs={"table": "accuracy.csv", "figure": "accuracy.png"},
-    )
-    write_json(out / MANIFEST_NAME, manifest)
-    summary(f"accuracy vs similarity ({eval_set}, {source}): {len(sims)} samples, accuracy {correct.mean():.3f}, "
-            f"{len(table)} {binning} bins, per-bin accuracy {np.nanmin(table['accuracy']):.3f}.."
-            f"{np.nanmax(table['accuracy']):.3f} -> {out}")
+    if not predictions:
+        raise InputError(None, "no predictions given", "pass --predictions EVAL_SET=FILE at least once")
+    check_names(predictions, "eval set")
+    folder = NeighborsFolder(neighbors)
+    edges_or_bins: int | list[float] = bins if bin_edges is None else [float(b) for b in bin_edges]
+    run = RunFolder(out, "similarity accuracy",
+                    inputs={"neighbors": fingerprint(folder.path),
+                            "predictions": {name: fingerprint(p) for name, p in predictions.items()}},
+                    parameters={"bins": edges_or_bins, "binning": binning, "source": source, "confidence": CONFIDENCE},
+                    reads=[folder.path, *predictions.values()])
+    done = run.open(overwrite)
+    if done is not None:
+        return done
+    counts, lines = {}, []
+    for name, pred_path in predictions.items():
+        pred_path = Path(pred_path)
+        sim_keys, sims = nn_similarity(folder.path, name, source)
+        sim_path = SOURCES[source].file(folder, name)
+        pred_keys, correct = read_correctness(pred_path)
+        sims, correct = join_by_key(sim_keys, sims, pred_keys, correct, sim_path, pred_path)
+        table = accuracy_by_bin(sims, correct, bins=edges_or_bins, binning=binning, confidence=CONFIDENCE)
+        write_csv(run.out / name / "accuracy.csv", table)
+        _plot(table, name, source, binning, float(correct.mean()), run.out / name / "accuracy.png")
+        binned = int(table["n"].sum())
+        counts[name] = {"samples": len(sims), "correct": int(correct.sum()), "binned": binned,
+                        "outside_edges": len(sims) - binned, "bins": len(table), "empty_bins": int((table["n"] == 0).sum())}
+        lines.append(f"{name} accuracy {correct.mean():.3f}, per bin {np.nanmin(table['accuracy']):.3f}.."
+                     f"{np.nanmax(table['accuracy']):.3f}")
+    manifest = run.finish(counts=counts, model=folder.manifest().get("model"),
+                          outputs={"table": "{eval_set}/accuracy.csv", "figure": "{eval_set}/accuracy.png"})
+    summary(f"accuracy vs similarity ({source}, {binning} bins): {'; '.join(lines)} -> {run.out}")
     return manifest
 
 

@@ -4,11 +4,11 @@ For ``queries`` eval samples drawn with a seeded generator, shows the query and 
 training neighbours (rank 0 first) with their cosine similarities, so one can see what a given
 similarity means visually. Outputs under ``OUT``::
 
-    gallery.png    one row per query (most similar first): the query (red frame), then its k
-                   neighbours captioned "rank r  score" and their keys
-    index.html     the same as a static, self-contained page (images embedded as base64 data URIs,
-                   with their original bytes)
-    gallery.csv    query_key, rank, train_key, score of the shown pairs
+    {eval_set}/gallery.png    one row per query (most similar first): the query (red frame), then
+                              its k neighbours captioned "rank r  score" and their keys
+    {eval_set}/index.html     the same as a static, self-contained page (images embedded as base64
+                              data URIs, with their original bytes)
+    {eval_set}/gallery.csv    query_key, rank, train_key, score of the shown pairs
     manifest.json
 
 Images are read by key with :mod:`oodlab.data.lookup` (only the shards that can hold them).
@@ -21,17 +21,18 @@ import html
 import io
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from oodlab.analysis._io import new_figure, save_png, write_csv, write_text
-from oodlab.analysis.sources import SOURCES, eval_sets
+from oodlab.analysis._io import new_figure, save_png, write_csv
 from oodlab.data.lookup import read_images
-from oodlab.utils.atomic import read_json, write_json
+from oodlab.similarity.layout import NeighborsFolder
+from oodlab.utils.atomic import write_text
 from oodlab.utils.errors import InputError
-from oodlab.utils.manifest import MANIFEST_NAME, build_manifest
+from oodlab.utils.names import check_names
 from oodlab.utils.progress import summary
+from oodlab.utils.runs import RunFolder, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -68,70 +69,76 @@ def select_queries(path: Path, queries: int, k: int, seed: int) -> Any:
     return shown
 
 
-def neighbor_gallery(
+def similarity_gallery(
     neighbors: str | Path,
-    eval_set: str,
-    *,
-    eval_source: str | Path | Sequence[str | Path],
-    train_source: str | Path | Sequence[str | Path],
+    eval_data: Mapping[str, str | Path],
+    train_data: Sequence[str | Path],
     out: str | Path,
+    *,
     queries: int = 8,
-    k: int = 5,
+    k: int = 10,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Write a nearest-neighbour gallery (PNG grid and self-contained HTML) for one eval set.
+    """Eval images next to their nearest training images: a PNG grid and a self-contained HTML page per eval set.
 
     Args:
         neighbors: an ``oodlab neighbors`` output folder.
-        eval_set: the eval set's name in it.
-        eval_source: where the eval images are: ImageFolder root(s) or shards (see
-            :func:`oodlab.data.lookup.iter_images`).
-        train_source: where the training images are (shards: paths, brace patterns, a folder).
+        eval_data: eval set name (as in ``neighbors``) -> where its images are: an ImageFolder root
+            or shards (see :func:`oodlab.data.lookup.iter_images`).
+        train_data: where the training images are (shards: paths, brace patterns, a folder).
         out: output folder (see module docstring).
-        queries: eval samples shown (all when fewer).
+        queries: eval samples shown per eval set (all when fewer).
         k: neighbours per query (at most the run's k).
         seed: seed of the query draw (the same seed shows the same queries).
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
-        the manifest (also written to ``out/manifest.json``).
+        the manifest (also written to ``out/manifest.json``), ``counts`` per eval set.
 
     Raises:
-        InputError: bad counts, a missing eval set, images missing from the sources.
+        InputError: bad counts, a missing eval set, images missing from the data.
     """
     if queries < 1 or k < 1:
         raise InputError(None, f"queries and k must be >= 1 (got {queries}, {k})", None)
-    neighbors, out = Path(neighbors), Path(out)
-    path = neighbors / SOURCES["train"].subdir / f"{eval_set}.parquet"
-    if not path.exists():
-        raise InputError(path, f"not found (eval set {eval_set!r})",
-                         f"eval sets in this run: {eval_sets(neighbors) or 'none'}")
-    shown = select_queries(path, queries, k, seed)
-    query_keys = shown["query_key"].drop_duplicates().tolist()
-    train_keys = shown["train_key"].drop_duplicates().tolist()
-    query_images = read_images(query_keys, eval_source)
-    train_images = read_images(train_keys, train_source)
-    rows = [(q, [(int(r.rank), r.train_key, float(r.score)) for r in shown[shown["query_key"] == q].itertuples()])
-            for q in query_keys]
-    k_shown = max(len(n) for _, n in rows)
-    if k_shown < k:
-        log.warning("the run holds only %d neighbours per query; showing %d, not %d", k_shown, k_shown, k)
-
-    write_csv(out / "gallery.csv", shown)
-    _plot(rows, query_images, train_images, k_shown, eval_set, out / "gallery.png")
-    write_text(out / "index.html", _html(rows, query_images, train_images, eval_set, neighbors))
-    run_manifest = neighbors / MANIFEST_NAME
-    as_list = lambda s: [str(x) for x in ([s] if isinstance(s, (str, Path)) else s)]  # noqa: E731
-    manifest = build_manifest(
-        "neighbor-gallery",
-        inputs={"neighbors": str(path), "eval_source": as_list(eval_source), "train_source": as_list(train_source)},
-        parameters={"eval_set": eval_set, "queries": queries, "k": k, "seed": seed},
-        model=read_json(run_manifest).get("model") if run_manifest.exists() else None,
-        counts={"queries": len(rows), "neighbours_per_query": k_shown, "train_images": len(train_images)},
-        outputs={"figure": "gallery.png", "page": "index.html", "table": "gallery.csv"},
-    )
-    write_json(out / MANIFEST_NAME, manifest)
-    summary(f"gallery ({eval_set}): {len(rows)} queries x {k_shown} neighbours, rank-0 similarity "
-            f"{min(n[0][2] for _, n in rows):.3f}..{max(n[0][2] for _, n in rows):.3f} -> {out}")
+    if not eval_data:
+        raise InputError(None, "no eval data given", "pass --eval-data EVAL_SET=PATH at least once")
+    check_names(eval_data, "eval set")
+    folder = NeighborsFolder(neighbors)
+    train_data = [train_data] if isinstance(train_data, (str, Path)) else list(train_data)
+    paths = {}
+    for name in eval_data:
+        paths[name] = folder.eval_file(name)
+        if not paths[name].exists():
+            raise InputError(paths[name], f"not found (eval set {name!r})", f"eval sets in this run: {folder.eval_sets() or 'none'}")
+    run = RunFolder(out, "similarity gallery",
+                    inputs={"neighbors": fingerprint(folder.path), "eval_data": {n: str(p) for n, p in eval_data.items()},
+                            "train_data": [str(p) for p in train_data]},
+                    parameters={"queries": queries, "k": k, "seed": seed}, reads=[folder.path])
+    done = run.open(overwrite)
+    if done is not None:
+        return done
+    counts, ranges = {}, []
+    for name, source in eval_data.items():
+        shown = select_queries(paths[name], queries, k, seed)
+        query_keys = shown["query_key"].drop_duplicates().tolist()
+        query_images = read_images(query_keys, source)
+        train_images = read_images(shown["train_key"].drop_duplicates().tolist(), train_data)
+        rows = [(q, [(int(r.rank), r.train_key, float(r.score)) for r in shown[shown["query_key"] == q].itertuples()])
+                for q in query_keys]
+        k_shown = max(len(n) for _, n in rows)
+        if k_shown < k:
+            log.warning("the run holds only %d neighbours per query; showing %d, not %d", k_shown, k_shown, k)
+        write_csv(run.out / name / "gallery.csv", shown)
+        _plot(rows, query_images, train_images, k_shown, name, run.out / name / "gallery.png")
+        write_text(run.out / name / "index.html", _html(rows, query_images, train_images, name, folder.path))
+        counts[name] = {"queries": len(rows), "neighbours_per_query": k_shown, "train_images": len(train_images)}
+        ranges.append(f"{name} {len(rows)} x {k_shown} (rank-0 similarity {min(n[0][2] for _, n in rows):.3f}.."
+                      f"{max(n[0][2] for _, n in rows):.3f})")
+    manifest = run.finish(counts=counts, model=folder.manifest().get("model"),
+                          outputs={"figure": "{eval_set}/gallery.png", "page": "{eval_set}/index.html",
+                                   "table": "{eval_set}/gallery.csv"})
+    summary(f"gallery: {'; '.join(ranges)} -> {run.out}")
     return manifest
 
 

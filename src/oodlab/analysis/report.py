@@ -12,25 +12,25 @@ ImageNet-train, overlaid on the same bins. Outputs under ``OUT``::
                                samples strictly more similar to this training set than to B
     manifest.json
 
-Training sets are named by the caller: ``{"pool": RUN}`` reads the rank-0 scores of an
-``oodlab neighbors`` run (its training store), ``{"imagenet-train": RUN/thresholds}`` reads the
-reference NN similarities of that run (``--reference``), so one run gives both sides of the gap.
+One ``oodlab neighbors`` run with ``--reference-store imagenet-train=STORE`` gives both sides of
+the gap: the NN similarity to its training store (the pool) and to ImageNet-train.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from oodlab.analysis._io import new_figure, save_png, write_csv
-from oodlab.analysis.sources import SOURCES, resolve_training_set
-from oodlab.utils.atomic import read_json, write_json
+from oodlab.analysis.sources import SOURCES, training_sets
+from oodlab.similarity.layout import NeighborsFolder
 from oodlab.utils.errors import IncompatibleError, InputError
-from oodlab.utils.manifest import MANIFEST_NAME, build_manifest
+from oodlab.utils.names import check_names
 from oodlab.utils.progress import summary
+from oodlab.utils.runs import RunFolder, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -39,47 +39,61 @@ PERCENTILES = {"p10": 10, "p90": 90}
 
 
 def similarity_report(
-    neighbors: Mapping[str, str | Path],
+    neighbors: Sequence[str | Path],
     out: str | Path,
     *,
-    bins: int = 50,
-    evals: Iterable[str] | None = None,
+    bins: int = 20,
+    eval_sets: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Histograms and summary statistics of the NN similarity of eval sets to training sets.
 
     Args:
-        neighbors: training-set label -> an ``oodlab neighbors`` output folder (its rank-0
-            scores: NN similarity to that run's training store) or its ``thresholds``
-            sub-folder (NN similarity to the run's reference set, e.g. ImageNet-train); any folder
-            of ``{eval_set}.parquet`` files with columns key, threshold also works.
+        neighbors: ``oodlab neighbors`` output folders. Each contributes the NN similarity of its
+            eval sets to its training store (labelled with the store folder's name, e.g. ``pool``)
+            and, when it was run with a reference store, to that reference set (labelled with the
+            reference's name, e.g. ``imagenet-train``).
         out: output folder (see module docstring).
         bins: number of equal-width bins per eval set, spanning the smallest to the largest
             similarity of that eval set over all training sets (the same bins for all of them).
-        evals: eval sets to report (default: every eval set found in any folder).
+        eval_sets: eval sets to report (default: every eval set found in any folder).
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         the manifest (also written to ``out/manifest.json``).
 
     Raises:
-        InputError: no training sets, bins < 1, an unusable folder, an unknown eval set.
+        InputError: no neighbours folders, bins < 1, an unfinished run, an unknown eval set, two
+            training sets with one label.
         IncompatibleError: one eval set has different keys in two folders.
     """
     import pandas as pd
 
     if not neighbors:
-        raise InputError(None, "no training sets given", "pass e.g. --neighbors pool=RUN --neighbors imagenet-train=RUN/thresholds")
+        raise InputError(None, "no neighbours folder given", "pass --neighbors NEIGHBORS (repeat for several runs)")
     if bins < 1:
         raise InputError(None, f"bins must be >= 1, got {bins}", None)
-    out = Path(out)
-    resolved = {label: resolve_training_set(path) for label, path in neighbors.items()}
-    available = {label: {p.stem for p in folder.glob("*.parquet")} for label, (folder, _) in resolved.items()}
+    folders = [Path(p) for p in neighbors]
+    resolved: dict[str, tuple[Path, str]] = {}  # label -> (neighbours folder, source kind)
+    for folder in folders:
+        for label, source in training_sets(folder).items():
+            if label in resolved:
+                raise InputError(folder, f"measures similarity to a training set named {label!r}, as "
+                                 f"{resolved[label][0]} does", "compare runs whose training stores have distinct folder names")
+            resolved[label] = (folder, source)
+    available = {label: set(SOURCES[source].sets(NeighborsFolder(folder))) for label, (folder, source) in resolved.items()}
     found = sorted(set().union(*available.values()))
-    names = found if evals is None else list(dict.fromkeys(evals))
+    names = found if eval_sets is None else check_names(eval_sets, "eval set")
     unknown = [e for e in names if e not in found]
     if unknown or not names:
-        raise InputError(", ".join(str(p) for p in neighbors.values()),
+        raise InputError(", ".join(str(p) for p in folders),
                          f"hold no eval set {unknown}" if unknown else "hold no eval sets",
                          f"eval sets found: {found or 'none'}")
+    run = RunFolder(out, "similarity report", inputs={"neighbors": [fingerprint(f) for f in folders]},
+                    parameters={"bins": bins, "eval_sets": names}, reads=folders)
+    done = run.open(overwrite)
+    if done is not None:
+        return done
 
     hist_rows: list[pd.DataFrame] = []
     summary_rows: list[dict[str, Any]] = []
@@ -88,7 +102,8 @@ def similarity_report(
         sims = {}
         for label, (folder, source) in resolved.items():
             if name in available[label]:
-                sims[label] = (folder / f"{name}.parquet", *SOURCES[source].read(folder / f"{name}.parquet"))
+                path = SOURCES[source].file(NeighborsFolder(folder), name)
+                sims[label] = (path, *SOURCES[source].read(path))
         edges = np.histogram_bin_edges(np.concatenate([s for _, _, s in sims.values()]), bins=bins)
         medians = {}
         for label, (path, keys, s) in sims.items():
@@ -104,23 +119,18 @@ def similarity_report(
             summary_rows.append(row)
             medians[label] = row["median"]
         counts[name] = {label: len(s) for label, (_, _, s) in sims.items()}
-        _plot(name, edges, {label: s for label, (_, _, s) in sims.items()}, medians, out / f"histogram_{name}.png")
+        _plot(name, edges, {label: s for label, (_, _, s) in sims.items()}, medians, run.out / f"histogram_{name}.png")
 
-    write_csv(out / "histograms.csv", pd.concat(hist_rows, ignore_index=True))
-    table = pd.DataFrame(summary_rows)
-    write_csv(out / "summary.csv", table)
-    manifest = build_manifest(
-        "similarity-report",
-        inputs={"neighbors": {label: str(path) for label, path in neighbors.items()}},
-        parameters={"bins": bins, "evals": names},
-        model=_model_of(resolved),
-        counts=counts,
+    write_csv(run.out / "histograms.csv", pd.concat(hist_rows, ignore_index=True))
+    write_csv(run.out / "summary.csv", pd.DataFrame(summary_rows))
+    manifest = run.finish(
+        counts=counts, model=NeighborsFolder(folders[0]).manifest().get("model"),
         outputs={"histograms": "histograms.csv", "summary": "summary.csv", "figures": "histogram_{eval_set}.png"},
+        training_sets={label: {"neighbors": str(folder), "source": source} for label, (folder, source) in resolved.items()},
     )
-    write_json(out / MANIFEST_NAME, manifest)
     medians_text = "; ".join(
         f"{r['eval_set']}/{r['train_set']} median {r['median']:.3f}" for r in summary_rows)
-    summary(f"similarity report: {len(names)} eval sets x {len(neighbors)} training sets ({medians_text}) -> {out}")
+    summary(f"similarity report: {len(names)} eval sets x {len(resolved)} training sets ({medians_text}) -> {run.out}")
     return manifest
 
 
@@ -135,17 +145,6 @@ def _aligned(keys: np.ndarray, other_keys: np.ndarray, other: np.ndarray, path: 
         raise IncompatibleError(other_path, f"holds other eval samples than {path} (e.g. {example})",
                                 "compare runs made with the same eval stores")
     return other[np.array([pos[k] for k in keys.tolist()], np.int64)]
-
-
-def _model_of(resolved: Mapping[str, tuple[Path, str]]) -> dict[str, Any] | None:
-    """The embedding model recorded by the first input run's manifest (None when absent)."""
-    for folder, _ in resolved.values():
-        for candidate in (folder / "manifest.json", folder.parent / "manifest.json"):
-            if candidate.exists():
-                model = read_json(candidate).get("model")
-                if model is not None:
-                    return model
-    return None
 
 
 def _plot(name: str, edges: np.ndarray, sims: Mapping[str, np.ndarray], medians: Mapping[str, float], path: Path) -> None:

@@ -1,13 +1,12 @@
 """Where each eval sample's nearest-neighbour (NN) similarity to a training set is read from.
 
-An ``oodlab neighbors`` output folder holds two such similarities per eval set (see
-:mod:`oodlab.similarity.neighbors`):
+A neighbours folder (:mod:`oodlab.similarity.layout`) holds two such similarities per eval set:
 
-* ``"train"``: the rank-0 score of ``eval/{name}.parquet``: the NN similarity to the training
-  store of that run (the pool, LAION);
-* ``"reference"``: ``thresholds/{name}.parquet`` (key, threshold): the NN similarity to the
-  reference training set given with ``--reference`` (ImageNet-train in the paper), or the
-  thresholds file given with ``--thresholds``.
+* ``"train"``: the rank-0 score of its top-k file: the NN similarity to the training store of
+  that run (the pool, LAION);
+* ``"reference"``: its thresholds (key, threshold): the NN similarity to the reference training
+  set given with ``--reference-store`` (ImageNet-train in the paper), or the thresholds file given
+  with ``--threshold-file``.
 
 Both are cosine similarities in [-1, 1] (float64 here).
 """
@@ -20,19 +19,22 @@ from typing import Callable
 
 import numpy as np
 
+from oodlab.similarity.layout import NeighborsFolder
 from oodlab.utils.errors import InputError
 
 
 @dataclass(frozen=True)
 class SimilaritySource:
-    """How to find a similarity kind inside a neighbors folder.
+    """How to find a similarity kind inside a neighbours folder.
 
     Attributes:
-        subdir: sub-folder holding one ``{eval_set}.parquet`` per eval set.
+        file: the neighbours folder and an eval set -> the file holding that similarity.
+        sets: the neighbours folder -> the eval sets that have it.
         read: reads one such file -> (keys object [q], similarity float64 [q]).
     """
 
-    subdir: str
+    file: Callable[[NeighborsFolder, str], Path]
+    sets: Callable[[NeighborsFolder], list[str]]
     read: Callable[[Path], tuple[np.ndarray, np.ndarray]]
 
 
@@ -71,10 +73,10 @@ def _checked(path: Path, keys: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray
     return keys, sims
 
 
-#: similarity kind -> where it lives in a neighbors folder
+#: similarity kind -> where it lives in a neighbours folder
 SOURCES: dict[str, SimilaritySource] = {
-    "train": SimilaritySource("eval", _read_rank0),
-    "reference": SimilaritySource("thresholds", _read_thresholds),
+    "train": SimilaritySource(NeighborsFolder.eval_file, NeighborsFolder.eval_sets, _read_rank0),
+    "reference": SimilaritySource(NeighborsFolder.thresholds_file, NeighborsFolder.threshold_sets, _read_thresholds),
 }
 
 
@@ -84,18 +86,12 @@ def _source(source: str) -> SimilaritySource:
     return SOURCES[source]
 
 
-def eval_sets(folder: str | Path, source: str = "train") -> list[str]:
-    """Names of the eval sets with a ``source`` similarity in a neighbors folder (sorted)."""
-    sub = Path(folder) / _source(source).subdir
-    return sorted(p.stem for p in sub.glob("*.parquet")) if sub.is_dir() else []
-
-
 def nn_similarity(folder: str | Path, eval_set: str, source: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """Each eval sample's NN similarity to a training set.
 
     Args:
         folder: an ``oodlab neighbors`` output folder.
-        eval_set: eval set name (as given to ``--eval``).
+        eval_set: eval set name (as given to ``--eval-store``).
         source: ``"train"`` (rank-0 score) or ``"reference"`` (thresholds); see module docstring.
 
     Returns:
@@ -104,32 +100,26 @@ def nn_similarity(folder: str | Path, eval_set: str, source: str = "train") -> t
     Raises:
         InputError: the file is missing or malformed.
     """
-    spec = _source(source)
-    path = Path(folder) / spec.subdir / f"{eval_set}.parquet"
+    spec, run = _source(source), NeighborsFolder(folder)
+    path = spec.file(run, eval_set)
     if not path.exists():
-        have = eval_sets(folder, source)
+        have = spec.sets(run)
         raise InputError(path, f"not found ({source} similarity of eval set {eval_set!r})",
                          f"eval sets with a {source} similarity here: {have or 'none'}"
-                         + (" (run `oodlab neighbors` with --reference)" if source == "reference" and not have else ""))
+                         + (" (run `oodlab neighbors` with --reference-store)" if source == "reference" and not have else ""))
     return spec.read(path)
 
 
-def resolve_training_set(path: str | Path) -> tuple[Path, str]:
-    """Turn a training-set path of :func:`~oodlab.analysis.report.similarity_report` into
-    (folder of ``{eval_set}.parquet`` files, source kind).
-
-    * a neighbors output folder (holds ``eval/``) -> (``path/eval``, ``"train"``): the NN
-      similarity to that run's training store;
-    * its ``thresholds`` sub-folder, or any folder of ``{eval_set}.parquet`` files with columns
-      key, threshold -> (``path``, ``"reference"``): the NN similarity to the reference set.
+def training_sets(folder: str | Path) -> dict[str, str]:
+    """The training sets a neighbours folder measures similarity to, by label -> source kind:
+    its training store (labelled with the store folder's name) and, when it was run with one, its
+    reference set (labelled with the reference's name).
 
     Raises:
-        InputError: the path is neither.
+        InputError: the folder is not a finished ``oodlab neighbors`` run.
     """
-    path = Path(path)
-    if (path / SOURCES["train"].subdir).is_dir():
-        return path / SOURCES["train"].subdir, "train"
-    if path.is_dir() and any(path.glob("*.parquet")):
-        return path, "reference"
-    raise InputError(path, "is neither an `oodlab neighbors` output folder nor its thresholds/ sub-folder",
-                     "pass the folder given as --out to `oodlab neighbors`, or OUT/thresholds for the reference similarity")
+    manifest = NeighborsFolder(folder).manifest()
+    out = {Path(manifest["inputs"]["train_store"]["path"]).name: "train"}
+    for name in manifest["inputs"].get("reference_stores") or {}:
+        out[name] = "reference"
+    return out

@@ -22,11 +22,11 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Iterable, Iterator, Sequence
 
-from oodlab.data.folders import is_image_file, is_image_folder
+from oodlab.data.folders import is_image_file
 from oodlab.data.shards import iter_tar_samples
+from oodlab.data.sources import FOLDER, SHARDS, resolve_data
 from oodlab.data.tarformat import IMAGE_EXTENSIONS
 from oodlab.utils.errors import InputError
-from oodlab.utils.patterns import expand_paths
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +34,10 @@ _SHARD_KEY = re.compile(r"^\d{9}$")
 _SHARD_NAME = re.compile(r"^\d{5}$")
 
 
-def _resolve_sources(sources: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
-    """Split sources into (ImageFolder roots, tar files), keeping the given order.
-
-    Raises:
-        InputError: a source matches nothing or is neither a tar, a folder of tars nor an
-            ImageFolder root.
-    """
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    if not sources:
-        raise InputError(None, "no image sources given", "pass shards (paths, brace patterns, a folder of .tar) or ImageFolder roots")
-    roots: list[Path] = []
-    tars: list[Path] = []
-    for path in expand_paths(sources):
-        if path.is_file() and path.name.endswith(".tar"):
-            tars.append(path)
-        elif path.is_dir() and any(path.glob("*.tar")):
-            tars.extend(sorted(path.glob("*.tar")))
-        elif path.is_dir() and is_image_folder(path):
-            roots.append(path)
-        else:
-            raise InputError(path, "is neither a .tar shard, a folder of .tar shards nor an ImageFolder root",
-                             "pass the shards or the image folder the store was embedded from")
-    return roots, list(dict.fromkeys(tars))
+def _resolve_sources(data: str | Path | Sequence[str | Path]) -> tuple[list[Path], list[Path]]:
+    """(ImageFolder roots, tar files) of ``data``, in the given order (:func:`oodlab.data.sources.resolve_data`)."""
+    sources = resolve_data(data, kinds=(SHARDS, FOLDER))
+    return [s.path for s in sources if s.kind == FOLDER], [s.path for s in sources if s.kind == SHARDS]
 
 
 def _folder_file(root: Path, key: str) -> Path | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from oodlab.data.tarformat import check_member_path
-from oodlab.utils.atomic import CommitOnExit, atomic_path, write_json, write_parquet
+from oodlab.utils.atomic import CommitOnExit, PendingPath, write_json, write_parquet
 from oodlab.utils.errors import InputError
 
 #: Fixed tar header fields, so that a shard's bytes depend only on its content.
@@ -47,9 +47,8 @@ class ShardWriter(CommitOnExit):
         self.schema = schema
         self._records: list[dict[str, Any]] = []
         self._keys: set[str] = set()
-        self._tar_ctx = atomic_path(self.tar_path)
-        self._tar_tmp = self._tar_ctx.__enter__()
-        self._tar = tarfile.open(self._tar_tmp, "w", format=tarfile.PAX_FORMAT)
+        self._pending = PendingPath(self.tar_path)
+        self._tar = tarfile.open(self._pending.tmp, "w", format=tarfile.PAX_FORMAT)
         self._closed = False
 
     @property
@@ -104,7 +103,7 @@ class ShardWriter(CommitOnExit):
                 "failed_to_download": sum(s != "success" for s in statuses),
             },
         )
-        self._tar_ctx.__exit__(None, None, None)
+        self._pending.commit()
         self._closed = True
         return self.tar_path
 
@@ -112,7 +111,7 @@ class ShardWriter(CommitOnExit):
         """Discard the shard (its temporary tar is removed)."""
         if not self._closed:
             self._tar.close()
-            self._tar_tmp.unlink(missing_ok=True)
+            self._pending.discard()
             self._closed = True
 
 

@@ -17,28 +17,27 @@ summary line (see :mod:`oodlab.embeddings.store`).
 
 from __future__ import annotations
 
-import io
+import itertools
 import logging
 import re
-import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.utils.data
 
-from oodlab.data.folders import FolderSample, is_image_folder, read_file_list, scan_image_folder
+from oodlab.data.folders import FolderSample, read_file_list, scan_image_folder
 from oodlab.data.shards import iter_tar_samples
+from oodlab.data.sources import FILES, SHARDS, resolve_data
 from oodlab.data.tarformat import TruncatedShardError
 from oodlab.embeddings import store as st
 from oodlab.embeddings.validate import find_duplicate_keys
-from oodlab.utils.atomic import remove_stale_temporaries
-from oodlab.utils.errors import IncompatibleError, InputError
-from oodlab.utils.patterns import expand_paths
+from oodlab.models.preprocess import SplitPreprocess
+from oodlab.utils.errors import InputError
 from oodlab.utils.progress import Timer, progress, summary
+from oodlab.utils.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -60,72 +59,33 @@ class Unit:
         return self.tar is not None
 
 
-def plan_units(sources: Sequence[str | Path], images_per_part: int) -> list[Unit]:
-    """Turn sources (tars or brace patterns, ImageFolder roots, images, ``.txt`` lists) into units.
+def plan_units(data: Sequence[str | Path], images_per_part: int) -> list[Unit]:
+    """Turn image data (:func:`oodlab.data.sources.resolve_data`: shards, ImageFolder roots,
+    images, ``.txt`` lists) into units: one per tar, ``images_per_part`` images of a folder or of
+    a run of consecutive files and lists.
 
     Raises:
-        InputError: a source matches nothing or is of no known kind.
+        InputError: the data resolves to nothing usable (see ``resolve_data``).
     """
     if images_per_part < 1:
         raise InputError(None, "images_per_part must be >= 1", None)
     units: list[Unit] = []
-    loose: list[str | Path] = []
 
-    def flush_loose() -> None:
-        samples = read_file_list(loose)
+    def add_files(samples: list[FolderSample], label: str) -> None:
         for start in range(0, len(samples), images_per_part):
             chunk = tuple(samples[start : start + images_per_part])
-            units.append(Unit(len(units), f"files[{start}:{start + len(chunk)}]", files=chunk))
-        loose.clear()
+            units.append(Unit(len(units), f"{label}[{start}:{start + len(chunk)}]", files=chunk))
 
-    for path in expand_paths(sources):
-        if path.is_file() and path.name.endswith(".tar"):
-            units.append(Unit(len(units), str(path), tar=path))
-        elif path.is_dir() and is_image_folder(path):
-            index = scan_image_folder(path)
-            for start in range(0, len(index.samples), images_per_part):
-                chunk = tuple(index.samples[start : start + images_per_part])
-                units.append(Unit(len(units), f"{path}[{start}:{start + len(chunk)}]", files=chunk))
-        elif path.is_dir():
-            tars = sorted(path.glob("*.tar"))
-            if not tars:
-                raise InputError(path, "is neither an ImageFolder tree nor a folder of .tar shards", None)
-            units.extend(Unit(len(units) + i, str(t), tar=t) for i, t in enumerate(tars))
-        else:
-            loose.append(path)
-            continue
-        if loose:
-            flush_loose()
-    if loose:
-        flush_loose()
-    if not units:
-        raise InputError(None, "no input images found", "pass shards, ImageFolder roots or image files")
-    return [Unit(i, u.source, u.tar, u.files) for i, u in enumerate(units)]
-
-
-# -- decoding (runs in DataLoader workers) ------------------------------------------------------
-def _split_preprocess(preprocess: Any) -> tuple[Callable, bool]:
-    """The PIL-side steps of an open_clip eval transform, and whether ToTensor+Normalize were cut.
-
-    Workers then ship uint8 images (4x less data than float) and the main process normalises a
-    whole batch at once.
-    """
-    steps = getattr(preprocess, "transforms", None)
-    if steps and len(steps) >= 2 and type(steps[-1]).__name__ == "Normalize" and "ToTensor" in type(steps[-2]).__name__:
-        from torchvision.transforms import Compose
-
-        return Compose(steps[:-2]), True
-    return preprocess, False
-
-
-def _decode(data: bytes, transform: Callable) -> Any:
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    return transform(img.convert("RGB"))
+    for kind, group in itertools.groupby(resolve_data(data), key=lambda s: s.kind):
+        sources = list(group)
+        if kind == FILES:
+            add_files(read_file_list([s.path for s in sources]), "files")
+        for source in sources if kind != FILES else []:
+            if kind == SHARDS:
+                units.append(Unit(len(units), str(source.path), tar=source.path))
+            else:
+                add_files(scan_image_folder(source.path).samples, str(source.path))
+    return units
 
 
 class _UnitStream(torch.utils.data.IterableDataset):
@@ -135,8 +95,8 @@ class _UnitStream(torch.utils.data.IterableDataset):
     ``{"unit", "done": True, "skipped", "truncated"}`` once a unit is exhausted.
     """
 
-    def __init__(self, units: Sequence[Unit], transform: Callable, as_uint8: bool, batch_size: int):
-        self.units, self.transform, self.as_uint8, self.batch_size = list(units), transform, as_uint8, batch_size
+    def __init__(self, units: Sequence[Unit], prep: SplitPreprocess, batch_size: int):
+        self.units, self.prep, self.batch_size = list(units), prep, batch_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
@@ -165,7 +125,7 @@ class _UnitStream(torch.utils.data.IterableDataset):
         def emit() -> dict[str, Any]:
             nonlocal batch
             images = batch.pop("images")
-            out = {"unit": unit.index, "images": torch.from_numpy(np.stack(images)) if self.as_uint8 else torch.stack(images)}
+            out = {"unit": unit.index, "images": self.prep.stack(images)}
             out.update(batch)
             batch = {"images": [], "keys": [], "captions": [], "meta": []}
             return out
@@ -175,13 +135,12 @@ class _UnitStream(torch.utils.data.IterableDataset):
                 try:
                     if data is None and path is None:
                         raise ValueError("sample has no image member")
-                    raw = data if data is not None else path.read_bytes()
-                    img = _decode(raw, self.transform)
+                    img = self.prep.image(data if data is not None else path.read_bytes())
                 except Exception as err:  # PIL raises many types for damaged files
                     reason = re.sub(r"<[^>]*>", "<image>", f"{type(err).__name__}: {err}")[:200]
                     skipped.append({"key": key, "source": unit.source, "reason": reason})
                     continue
-                batch["images"].append(np.asarray(img, dtype=np.uint8) if self.as_uint8 else img)
+                batch["images"].append(img)
                 batch["keys"].append(key)
                 batch["captions"].append(caption)
                 batch["meta"].append(meta)
@@ -200,7 +159,7 @@ def _scalar(v: Any) -> bool:
 
 # -- the stage ----------------------------------------------------------------------------------
 def embed(
-    sources: Sequence[str | Path],
+    data: Sequence[str | Path],
     out: str | Path,
     *,
     model: str = "tiny-vit",
@@ -213,80 +172,72 @@ def embed(
     images_per_part: int = 10_000,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Embed images (and captions) into an embedding store at ``out``.
+    """Embed images (and captions) into an embedding store (clip-retrieval layout + oodlab.json).
 
     Args:
-        sources: webdataset tars (paths or brace patterns, or a folder of tars), ImageFolder
+        data: webdataset tars (paths or brace patterns, or a folder of tars), ImageFolder
             roots (keys are paths relative to the root, labels from folder names), image files
             or ``.txt`` lists of image paths.
         out: the store folder; completed parts found there are kept (resume).
         model: open_clip architecture or oodlab tiny config.
-        checkpoint: local weights file (None: seeded random weights, for pipelines and tests).
+        checkpoint: local weights: a file, an open_clip model folder or an ``oodlab train`` run
+            (its final checkpoint); None: seeded random weights, for pipelines and tests.
         text: also embed captions (the ``txt`` member of shards) into ``text_emb/``; a sample
             without one gets the all-zero marker row and is listed under ``missing_text``.
         device: ``cpu`` or ``cuda``.
         precision: ``fp32``, or ``bf16`` (about 5x faster for ViT-B on CPUs with AMX; cosine
-            >= 0.997 to fp32).
+            >= 0.997 to fp32), or ``fp16`` (GPU).
         batch_size: images per forward pass.
         workers: DataLoader worker processes decoding images (0: decode in this process).
         images_per_part: images per part for folder and list sources (shards: one part each).
-        overwrite: delete ``out`` first instead of resuming.
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         the sidecar dict (``oodlab.json``).
     """
     from oodlab.models import load_model
 
-    out = Path(out)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    units = plan_units(sources, images_per_part)
+    if batch_size < 1 or workers < 0:
+        raise InputError(None, "batch_size must be >= 1 and workers >= 0", None)
+    units = plan_units(data, images_per_part)
     if text and any(not u.has_captions for u in units):
         raise InputError(None, "text=True needs captions, but folder and file sources have none", "embed shards, or drop --text")
     loaded = load_model(model, checkpoint, device=device, precision=precision)
-    fingerprint = {"model": loaded.identity, "text": text, "sources": [u.source for u in units]}
+    run = RunFolder(out, "embed", inputs={"data": [u.source for u in units], "model": loaded.identity},
+                    parameters={"text": text, "images_per_part": images_per_part},
+                    settings={"batch_size": batch_size, "workers": workers, "device": device},
+                    reads=[s.path for s in resolve_data(data)], record=st.SIDECAR)
+    finished = run.open(overwrite)
+    if finished is not None:
+        return finished
+    out = run.out
     n_parts = len(units)
-    remove_stale_temporaries(out)
     done: dict[int, dict[str, Any]] = {}
     for u in units:
         record = st.read_part_record(out, u.index, n_parts)
-        if record is None:
-            continue
-        if record.get("fingerprint") != _comparable(fingerprint):
-            raise IncompatibleError(
-                out,
-                f"part {record['suffix']} was made with another model, sources or settings",
-                "choose a new --out, or pass overwrite=True to replace the store",
-            )
-        done[u.index] = record
+        if record is not None:
+            done[u.index] = record
     todo = [u for u in units if u.index not in done]
 
-    transform, as_uint8 = _split_preprocess(loaded.preprocess)
-    cfg = loaded.identity["preprocess"]
-    mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(cfg["std"], dtype=torch.float32).view(1, 3, 1, 1)
-    stream = _UnitStream(todo, transform, as_uint8, batch_size)
-    loader = torch.utils.data.DataLoader(
-        stream, batch_size=None, num_workers=min(workers, len(todo)) if todo else 0, prefetch_factor=4 if workers else None
-    )
+    prep = SplitPreprocess(loaded.preprocess)
+    stream = _UnitStream(todo, prep, batch_size)
+    n_loaders = min(workers, len(todo))
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=n_loaders,
+                                         prefetch_factor=4 if n_loaders else None)
     pending: dict[int, dict[str, list]] = {}
-    n_images = n_skipped = 0
+    n_images = 0
     with Timer() as timer, progress("embed", total=n_parts, unit="parts") as advance, torch.inference_mode():
         advance(len(done))
         for item in loader if todo else []:
             acc = pending.setdefault(item["unit"], {"img": [], "text": [], "keys": [], "captions": [], "meta": []})
             if item.get("done"):
-                record = _write_unit(out, units[item["unit"]], n_parts, acc, item, fingerprint)
+                record = _write_unit(out, units[item["unit"]], n_parts, acc, item, text, loaded.identity["embed_dim"])
                 done[item["unit"]] = record
                 n_images += record["rows"]
-                n_skipped += len(record["skipped"])
                 del pending[item["unit"]]
                 advance()
                 continue
-            x = item["images"]
-            if as_uint8:
-                x = (x.permute(0, 3, 1, 2).float().div_(255) - mean) / std
-            x = x.to(device=loaded.device, dtype=loaded.dtype)
+            x = prep.normalise(item["images"]).to(device=loaded.device, dtype=loaded.dtype)
             acc["img"].append(loaded.model.encode_image(x).float().cpu().numpy())
             if text:
                 acc["text"].append(_encode_captions(loaded, item["captions"], dim=loaded.identity["embed_dim"]))
@@ -308,7 +259,7 @@ def embed(
         out,
         model=loaded.identity,
         records=records,
-        source=[str(s) for s in sources],
+        source=[str(s) for s in data],
         text=text,
         skipped=skipped,
         truncated_shards=truncated,
@@ -339,21 +290,12 @@ def _encode_captions(loaded: Any, captions: Sequence[str | None], *, dim: int) -
     return out
 
 
-def _comparable(fingerprint: dict[str, Any]) -> dict[str, Any]:
-    """The fingerprint as it reads back from JSON (tuples become lists)."""
-    import json
-
-    return json.loads(json.dumps(fingerprint))
-
-
-def _write_unit(
-    out: Path, unit: Unit, n_parts: int, acc: dict[str, list], end: dict[str, Any], fingerprint: dict[str, Any]
-) -> dict[str, Any]:
+def _write_unit(out: Path, unit: Unit, n_parts: int, acc: dict[str, list], end: dict[str, Any], with_text: bool,
+                dim: int) -> dict[str, Any]:
     import pyarrow as pa
 
-    dim = fingerprint["model"]["embed_dim"]
     image = np.concatenate(acc["img"]) if acc["img"] else np.zeros((0, dim), np.float32)
-    text = (np.concatenate(acc["text"]) if acc["text"] else np.zeros((0, dim), np.float32)) if fingerprint["text"] else None
+    text = (np.concatenate(acc["text"]) if acc["text"] else np.zeros((0, dim), np.float32)) if with_text else None
     columns: dict[str, list] = {st.DEFAULT_KEY_COLUMN: acc["keys"]}
     if unit.has_captions:
         columns["caption"] = acc["captions"]
@@ -363,8 +305,7 @@ def _write_unit(
         "source": unit.source,
         "skipped": end["skipped"],
         "truncated": end["truncated"],
-        "text": fingerprint["text"],
-        "missing_text": [k for k, c in zip(acc["keys"], acc["captions"]) if c is None] if fingerprint["text"] else [],
-        "fingerprint": _comparable(fingerprint),
+        "text": with_text,
+        "missing_text": [k for k, c in zip(acc["keys"], acc["captions"]) if c is None] if with_text else [],
     }
     return st.write_part(out, unit.index, n_parts, image=image, text=text, metadata=pa.table(columns), record=record)

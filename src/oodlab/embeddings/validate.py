@@ -1,7 +1,7 @@
 """Checks and summaries of an embedding store (layout: :mod:`oodlab.embeddings.store`).
 
 - :func:`store_info`: a JSON summary; refuses a damaged store rather than report a wrong count.
-- :func:`validate_store`: every problem found, each naming the part: it opens the store leniently
+- :func:`store_validate`: every problem found, each naming the part: it opens the store leniently
   (``EmbeddingStore(..., strict=False)``) and runs every check on whatever can be read, so one
   kind of damage never hides another.
 - :func:`find_duplicate_keys`: keys that occur more than once, in bounded memory.
@@ -24,15 +24,19 @@ from oodlab.utils.atomic import read_json
 from oodlab.utils.errors import InputError
 
 
-def store_info(path: str | Path, key_column: str | None = None) -> dict[str, Any]:
-    """JSON summary of a store: count, dim, dtype, model, parts, text, key column, and how many
-    samples were skipped or have no caption.
+def store_info(store: str | Path, key_column: str | None = None) -> dict[str, Any]:
+    """Print a JSON summary of a store: count, dim, dtype, model, parts, text, key column, and how
+    many samples were skipped or have no caption.
+
+    Args:
+        store: the embedding store.
+        key_column: the metadata column holding sample keys (default: the store's, else image_path).
 
     Raises:
         InputError: the store is damaged (a part lacks its embeddings or metadata): its count
             would be wrong; `oodlab store validate` lists the problems.
     """
-    store = EmbeddingStore(path, key_column)
+    store = EmbeddingStore(store, key_column)
     dims = sorted({p.dim for p in store.parts})
     sidecar = store.sidecar or {}
     return {
@@ -129,10 +133,12 @@ def _part_record(store: EmbeddingStore, part: StorePart) -> dict[str, Any] | Non
     return read_json(path) if path.exists() else None
 
 
-def validate_store(
-    path: str | Path, key_column: str | None = None, *, chunk_rows: int = 65536, norm_tolerance: float = NORM_TOLERANCE
+def store_validate(
+    store: str | Path, key_column: str | None = None, *, chunk_rows: int = 65536, norm_tolerance: float = NORM_TOLERANCE
 ) -> list[str]:
-    """Check a store; returns the problems found (empty when sound), each naming the part.
+    """Check a store (NaN/inf, unit norm, dims/dtypes, row counts, lost parts, duplicate keys); exit 1 on problems.
+
+    Returns the problems found (empty when sound), each naming the part.
 
     Checks, each on every part whose files can be read: every part has its ``img_emb`` and its
     metadata (with the key column and the same row count), and text embeddings (with the same
@@ -140,10 +146,16 @@ def validate_store(
     no NaN/inf rows; rows are unit-norm within ``norm_tolerance`` (a zero text row only for a
     key recorded as missing text, and every such key has one); keys are unique over the parts
     whose keys can be read; the sidecar (if any) agrees.
+
+    Args:
+        store: the embedding store.
+        key_column: the metadata column holding sample keys (default: the store's, else image_path).
+        chunk_rows: rows read at a time (bounds memory).
+        norm_tolerance: allowed |norm - 1| of a row (float16 rounding moves a unit norm by ~5e-4).
     """
     import pyarrow.parquet as pq
 
-    store = EmbeddingStore(path, key_column, strict=False)
+    store = EmbeddingStore(store, key_column, strict=False)
     problems: list[str] = list(store.problems)
     parts = store.parts
     main_dim = Counter(p.dim for p in parts).most_common(1)[0][0] if parts else None

@@ -8,65 +8,38 @@ transform's ``ToTensor`` + ``Normalize`` would. Decoded uint8 batches of a datas
 
 from __future__ import annotations
 
-import io
-import warnings
+import functools
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 import torch.utils.data
 
+from oodlab.models.preprocess import SplitPreprocess
 from oodlab.utils.errors import InputError
 
 
-def split_transform(preprocess: Any) -> tuple[Callable, tuple[float, ...] | None, tuple[float, ...] | None]:
-    """Split an open_clip eval transform into its PIL part and the normalisation constants.
-
-    Returns:
-        (PIL -> PIL transform, mean, std); mean and std are None when the transform does not end
-        with ``ToTensor`` + ``Normalize`` (the whole transform then runs in the workers).
-    """
-    steps = getattr(preprocess, "transforms", None)
-    if steps and len(steps) >= 2 and type(steps[-1]).__name__ == "Normalize" and "ToTensor" in type(steps[-2]).__name__:
-        from torchvision.transforms import Compose
-
-        norm = steps[-1]
-        return Compose(steps[:-2]), tuple(map(float, norm.mean)), tuple(map(float, norm.std))
-    return preprocess, None, None
-
-
 class _Decode(torch.utils.data.Dataset):
-    """Image ``i`` -> (uint8 HxWx3 array or float tensor, error message or '')."""
+    """Image ``i`` -> (its worker-half preprocessed form, error message or '')."""
 
-    def __init__(self, paths: Sequence[Path], transform: Callable, as_uint8: bool):
-        self.paths, self.transform, self.as_uint8 = list(paths), transform, as_uint8
+    def __init__(self, paths: Sequence[Path], prep: SplitPreprocess):
+        self.paths, self.prep = list(paths), prep
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Any, str]:
-        from PIL import Image
-
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(self.paths[i].read_bytes()))
-                img.load()
-            out = self.transform(img.convert("RGB"))
-            return (np.asarray(out, dtype=np.uint8) if self.as_uint8 else out), ""
+            return self.prep.image(self.paths[i].read_bytes()), ""
         except Exception as err:  # PIL raises many types for damaged files
             return None, f"{type(err).__name__}: {str(err)[:200]}"
 
 
-def _collate(items: list[tuple[Any, str]]) -> dict[str, Any]:
+def _collate(prep: SplitPreprocess, items: list[tuple[Any, str]]) -> dict[str, Any]:
     errors = [(i, e) for i, (_, e) in enumerate(items) if e]
     if errors:
         return {"errors": errors}
-    images = [x for x, _ in items]
-    if isinstance(images[0], np.ndarray):
-        return {"images": torch.from_numpy(np.stack(images))}
-    return {"images": torch.stack(images)}
+    return {"images": prep.stack([x for x, _ in items])}
 
 
 class BatchSource:
@@ -82,7 +55,7 @@ class BatchSource:
 
     def __init__(self, paths: Sequence[Path], preprocess: Any, *, batch_size: int, workers: int, cache_bytes: int):
         self.paths = list(paths)
-        self.transform, self.mean, self.std = split_transform(preprocess)
+        self.prep = SplitPreprocess(preprocess)
         self.batch_size, self.workers, self.cache_bytes = batch_size, workers, cache_bytes
         self._cache: list[torch.Tensor] | None = None
 
@@ -99,19 +72,18 @@ class BatchSource:
         """
         raw = iter(self._cache) if self._cache is not None else self._decode()
         for x in raw:
-            yield self._normalise(x).to(device=device, dtype=dtype)
+            yield self.prep.normalise(x).to(device=device, dtype=dtype)
 
     def _decode(self) -> Iterator[torch.Tensor]:
-        as_uint8 = self.mean is not None
         loader = torch.utils.data.DataLoader(
-            _Decode(self.paths, self.transform, as_uint8),
+            _Decode(self.paths, self.prep),
             batch_size=self.batch_size,
             shuffle=False,
             num_workers=self.workers,
-            collate_fn=_collate,
+            collate_fn=functools.partial(_collate, self.prep),
             prefetch_factor=4 if self.workers else None,
         )
-        kept: list[torch.Tensor] | None = [] if as_uint8 else None
+        kept: list[torch.Tensor] | None = [] if self.prep.split else None
         size = 0
         for b, batch in enumerate(loader):
             if "errors" in batch:
@@ -128,10 +100,3 @@ class BatchSource:
             yield x
         if kept is not None:
             self._cache = kept
-
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mean is None:
-            return x
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, 3, 1, 1)
-        return (x.permute(0, 3, 1, 2).float().div(255) - mean) / std

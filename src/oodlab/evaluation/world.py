@@ -11,13 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from oodlab.data.synth.plan import DOMAINNET
+from oodlab.data.synth.world import WORLD_JSON
 from oodlab.evaluation.classes import ClassSet
 from oodlab.evaluation.specs import DOMAINNET_DOMAINS, WORLD, DatasetSpec
 from oodlab.utils.atomic import read_json
 from oodlab.utils.errors import InputError
 
-WORLD_JSON = "world.json"
-DOMAINNET = "domainnet"
 #: how many folders above a dataset path a world.json is looked for
 SEARCH_DEPTH = 3
 

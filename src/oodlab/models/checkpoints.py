@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 #: the untrained model, saved by oodlab.train.entry before the first step
 EPOCH0_NAME = "epoch_0.pt"
+#: an open_clip model folder (``local-dir:``) holds this file beside its weights
+OPEN_CLIP_CONFIG = "open_clip_config.json"
 _EPOCH = re.compile(r"^epoch_(\d+)\.pt$")
 
 
@@ -62,7 +64,7 @@ def resolve_checkpoints(checkpoint: str | Path) -> list[Checkpoint]:
     if path.is_file():
         m = _EPOCH.match(path.name)
         return [Checkpoint(path.stem, path, int(m.group(1)) if m else None)]
-    if path.is_dir() and (path / "open_clip_config.json").is_file():
+    if path.is_dir() and (path / OPEN_CLIP_CONFIG).is_file():
         return [Checkpoint(path.name, path, None)]
     if path.is_dir():
         found = epoch_checkpoints(path)
@@ -87,6 +89,15 @@ def final_checkpoint(run: str | Path) -> Path:
     if not found:
         raise InputError(run, "has no complete epoch_{n}.pt checkpoint", "train it first (oodlab train)")
     return found[-1].path
+
+
+def weights_path(checkpoint: str | Path) -> Path:
+    """What one model's ``checkpoint`` names: a weights file or an open_clip model folder as is,
+    a training run (or checkpoints folder) as its final complete checkpoint."""
+    path = Path(checkpoint)
+    if path.is_dir() and not (path / OPEN_CLIP_CONFIG).is_file():
+        return final_checkpoint(path)
+    return path
 
 
 def complete_checkpoint(path: str) -> bool:

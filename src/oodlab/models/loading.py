@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from oodlab.models.checkpoints import weights_path
 from oodlab.utils.errors import IncompatibleError, InputError
 from oodlab.utils.hashing import sha256_file
 
@@ -250,7 +251,8 @@ def load_model(
         name: any open_clip architecture (``ViT-B-32``, ``RN50``, ...) or an oodlab tiny config
             (``tiny-vit``, ``tiny-rn``). A folder with ``open_clip_config.json`` passed as
             ``checkpoint`` brings its own architecture (open_clip's ``local-dir:``).
-        checkpoint: a weights file (formats: module docstring) or such a folder. None: random
+        checkpoint: a weights file (formats: module docstring), such a folder, or an ``oodlab
+            train`` run folder (its final complete checkpoint). None: random
             weights drawn with ``seed`` (the identity records it; useful for tests and
             pipelines, not for science).
         device: ``cpu`` or ``cuda[:i]``.
@@ -273,7 +275,7 @@ def load_model(
         raise InputError(None, f"unknown precision {precision!r}", f"use one of {sorted(PRECISIONS)}")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError(None, f"device {device!r} requested but CUDA is not available", "use --device cpu")
-    ckpt = Path(checkpoint) if checkpoint is not None else None
+    ckpt = None if checkpoint is None else weights_path(checkpoint)
     # a model folder's own config sets its architecture and tokenizer (context length, HF tokenizer)
     source = f"local-dir:{ckpt}" if ckpt is not None and ckpt.is_dir() else name
     torch.manual_seed(seed)

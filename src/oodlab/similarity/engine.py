@@ -29,7 +29,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from oodlab.embeddings.store import NORM_TOLERANCE
+from oodlab.embeddings.store import NORM_TOLERANCE, EmbeddingStore
+from oodlab.utils.errors import InputError
+from oodlab.utils.progress import progress
 from oodlab.similarity.exact import pair_scores
 from oodlab.similarity.screens import SCREENS, Encoded
 
@@ -149,16 +151,16 @@ class StreamingNeighbors:
         evals: the eval sets (their embeddings stay resident on ``device``).
         k: neighbours per eval row (0: no top-k, only per-training-row outputs).
         per_train: compute per-training-row maxima and margins.
-        precision: the screen (:mod:`oodlab.similarity.screens`): ``bf16`` (fast, re-checked
+        screen: the candidate screen (:mod:`oodlab.similarity.screens`): ``bf16`` (fast, re-checked
             exactly) or ``fp32``.
         device: torch device for the tiles.
         backend: ``numba`` (CPU, bf16) or ``torch``; default: numba where it applies.
     """
 
-    def __init__(self, evals: Sequence[EvalSet], k: int, *, per_train: bool = True, precision: str = "bf16",
+    def __init__(self, evals: Sequence[EvalSet], k: int, *, per_train: bool = True, screen: str = "bf16",
                  device: str = "cpu", backend: str | None = None):
-        if precision not in SCREENS:
-            raise ValueError(f"precision must be one of {sorted(SCREENS)}")
+        if screen not in SCREENS:
+            raise ValueError(f"screen must be one of {sorted(SCREENS)}")
         self.k, self.per_train, self.device = k, per_train, torch.device(device)
         dims = {e.embeddings.shape[1] for e in evals}
         if len(dims) != 1:
@@ -176,8 +178,8 @@ class StreamingNeighbors:
         self.a32 = torch.from_numpy(np.concatenate([np.asarray(e.embeddings, np.float32) for e in evals])).to(self.device)
         self.topk = TopK(col, k)
         self.tile_rows = int(np.clip(TILE_ELEMENTS // max(col, 1) // GROUP * GROUP, GROUP, 8192))
-        self.screen = SCREENS[precision](self.a32, self.tile_rows)
-        fused_ok = self.device.type == "cpu" and precision == "bf16"
+        self.screen = SCREENS[screen](self.a32, self.tile_rows)
+        fused_ok = self.device.type == "cpu" and screen == "bf16"
         backend = backend or ("numba" if fused_ok else "torch")
         if backend not in TILE_BACKENDS or (backend == "numba" and not fused_ok):
             raise ValueError(f"backend {backend!r} needs a CPU and bf16; use 'torch'")
@@ -342,3 +344,33 @@ TILE_BACKENDS: dict[str, Callable[..., _TileOut]] = {
     "numba": StreamingNeighbors._tile_numba,
     "torch": StreamingNeighbors._tile_torch,
 }
+
+
+def stream_store(
+    engine: StreamingNeighbors, store: EmbeddingStore, chunk_rows: int, *, parts: Sequence[int] | None = None,
+    on_part_done: Callable[[int, list[ChunkResult]], None] | None = None, description: str = "neighbors",
+) -> None:
+    """Feed a training store's parts (all, or ``parts``) through ``engine``, ``chunk_rows`` rows at a time.
+
+    ``on_part_done(part_index, results)`` is called after each part with its chunks' results.
+
+    Raises:
+        InputError: a row is NaN/inf or not unit-norm (naming its part file and row).
+    """
+    todo = list(range(len(store.parts))) if parts is None else list(parts)
+    offsets = store.part_offsets()
+    with progress(description, total=sum(store.parts[p].rows for p in todo), unit="train rows") as advance:
+        for pi in todo:
+            results = []
+            for chunk in store.iter_chunks(chunk_rows, keys=False, dtype=None, parts=[pi]):
+                try:
+                    results.append(engine.process(chunk.embeddings, int(offsets[pi]) + chunk.start))
+                except BadRowError as err:
+                    raise InputError(
+                        store.parts[pi].img_path,
+                        f"train row {chunk.start + err.row} {str(err).split(' ', 2)[2]}",
+                        "re-embed it; `oodlab store validate` lists all bad rows",
+                    ) from err
+                advance(len(chunk))
+            if on_part_done is not None:
+                on_part_done(pi, results)

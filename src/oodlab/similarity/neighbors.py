@@ -1,14 +1,10 @@
 """``oodlab neighbors``: one exact streaming pass of a training store against eval stores.
 
-Outputs under ``OUT`` (each folder with a manifest)::
-
-    eval/{name}.parquet          query_key, rank, train_key, score: the k most similar training
-                                 samples of every eval sample (ties -> earlier training sample)
-    train/part_{i}.parquet       aligned with the training store's parts: key,
-                                 max_sim__{name}, argmax__{name} (eval key attaining it), and with
-                                 thresholds margin__{name} = max_i (s_ij - t_i), margin_argmax__{name}
-    thresholds/{name}.parquet    key, threshold (and reference_key when taken from a reference)
-    state/after_part_{i}.npz     the top-k after part i (resume point; removed at the end)
+Outputs under ``OUT``: a neighbours folder (:mod:`oodlab.similarity.layout`): the k most similar
+training samples of every eval sample (ties -> earlier training sample), per training sample its
+maximum similarity to each eval set (and the eval key attaining it) and, with thresholds, its
+margin ``max_i (s_ij - t_i)``; the thresholds; ``state/after_part_{i}.npz`` holds the top-k after
+part i while the pass runs (the resume point).
 
 The pass is resumable per training part: a killed run restarts after the last completed part.
 All numbers are exact with respect to the stored embeddings (see :mod:`oodlab.similarity.engine`).
@@ -25,16 +21,27 @@ import numpy as np
 
 from oodlab.embeddings.store import EmbeddingStore, check_unit_rows
 from oodlab.models.loading import same_model
-from oodlab.similarity.engine import BadRowError, EvalSet, StreamingNeighbors
-from oodlab.utils.atomic import atomic_open, read_json, remove_stale_temporaries, write_json, write_parquet
+from oodlab.similarity.engine import EvalSet, StreamingNeighbors, stream_store
+from oodlab.similarity.layout import (
+    ARGMAX,
+    EVAL_DIR,
+    MARGIN,
+    MARGIN_ARGMAX,
+    MAX_SIM,
+    THRESHOLDS_DIR,
+    TRAIN_DIR,
+    NeighborsFolder,
+    column,
+)
+from oodlab.utils.atomic import atomic_open, write_parquet
 from oodlab.utils.errors import IncompatibleError, InputError
-from oodlab.utils.manifest import build_manifest
-from oodlab.utils.progress import Timer, progress, summary
+from oodlab.utils.manifest import write_manifest
+from oodlab.utils.names import check_names
+from oodlab.utils.progress import Timer, summary
+from oodlab.utils.runs import RunFolder, fingerprint
 
 log = logging.getLogger(__name__)
 
-#: default training rows per tile: the tile is chunk_rows x (all eval rows) bf16 values
-DEFAULT_CHUNK_ROWS = 8192
 
 
 def load_eval_set(name: str, path: str | Path, key_column: str | None = None) -> tuple[EvalSet, EmbeddingStore]:
@@ -93,44 +100,16 @@ def _read_threshold_file(path: Path, keys: np.ndarray) -> np.ndarray:
     return t
 
 
-def stream_pass(
-    engine: StreamingNeighbors, train: EmbeddingStore, chunk_rows: int, *, parts: list[int] | None = None,
-    on_part_done=None, description: str = "neighbors",
-) -> None:
-    """Feed the training store's parts (all, or ``parts``) through ``engine`` chunk by chunk.
-
-    ``on_part_done(part_index, results)`` is called after each part with its chunk results.
-    """
-    todo = list(range(len(train.parts))) if parts is None else parts
-    total = sum(train.parts[p].rows for p in todo)
-    offsets = train.part_offsets()
-    with progress(description, total=total, unit="train rows") as advance:
-        for pi in todo:
-            results = []
-            for chunk in train.iter_chunks(chunk_rows, keys=False, dtype=None, parts=[pi]):
-                try:
-                    results.append(engine.process(chunk.embeddings, int(offsets[pi]) + chunk.start))
-                except BadRowError as err:
-                    raise InputError(
-                        train.parts[pi].img_path,
-                        f"train row {chunk.start + err.row} {str(err).split(' ', 2)[2]}",
-                        "re-embed it; `oodlab store validate` lists all bad rows",
-                    ) from err
-                advance(len(chunk))
-            if on_part_done is not None:
-                on_part_done(pi, results)
-
-
 def reference_thresholds(
-    evals: list[EvalSet], reference: EmbeddingStore, *, chunk_rows: int, precision: str, device: str
+    evals: list[EvalSet], reference: EmbeddingStore, *, chunk_rows: int, screen: str, device: str
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each eval sample's nearest-neighbour similarity to a reference training set.
 
     Returns:
         {eval name: (threshold float64 [q], reference row index int64 [q])}
     """
-    engine = StreamingNeighbors(evals, k=1, per_train=False, precision=precision, device=device)
-    stream_pass(engine, reference, chunk_rows, description="reference")
+    engine = StreamingNeighbors(evals, k=1, per_train=False, screen=screen, device=device)
+    stream_store(engine, reference, chunk_rows, description="reference")
     return {name: (scores[:, 0], idx[:, 0]) for name, (idx, scores) in engine.topk_result().items()}
 
 
@@ -141,174 +120,164 @@ def _part_table(part_keys: np.ndarray, results: list, evals: list[EvalSet]) -> A
     for e in evals:
         mx = np.concatenate([r.max_sim[e.name] for r in results]) if results else np.zeros(0)
         arg = np.concatenate([r.argmax[e.name] for r in results]) if results else np.zeros(0, np.int64)
-        cols[f"max_sim__{e.name}"] = mx.astype(np.float32)
-        cols[f"argmax__{e.name}"] = e.keys[arg] if len(arg) else np.zeros(0, dtype=object)
+        cols[column(MAX_SIM, e.name)] = mx.astype(np.float32)
+        cols[column(ARGMAX, e.name)] = e.keys[arg] if len(arg) else np.zeros(0, dtype=object)
         if e.thresholds is not None:
             mg = np.concatenate([r.margin[e.name] for r in results]) if results else np.zeros(0)
             marg = np.concatenate([r.margin_argmax[e.name] for r in results]) if results else np.zeros(0, np.int64)
-            cols[f"margin__{e.name}"] = mg
-            cols[f"margin_argmax__{e.name}"] = e.keys[marg] if len(marg) else np.zeros(0, dtype=object)
+            cols[column(MARGIN, e.name)] = mg
+            cols[column(MARGIN_ARGMAX, e.name)] = e.keys[marg] if len(marg) else np.zeros(0, dtype=object)
     return pa.table({k: pa.array(v.tolist() if v.dtype == object else v) for k, v in cols.items()})
 
 
 def neighbors(
-    train: str | Path,
-    evals: Mapping[str, str | Path],
+    train_store: str | Path,
+    eval_stores: Mapping[str, str | Path],
     out: str | Path,
     *,
-    k: int = 100,
-    thresholds: Mapping[str, str | Path] | None = None,
-    reference: Mapping[str, str | Path] | None = None,
-    chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    precision: str = "bf16",
+    k: int = 10,
+    threshold_files: Mapping[str, str | Path] | None = None,
+    reference_stores: Mapping[str, str | Path] | None = None,
+    chunk_rows: int = 65536,
+    screen: str = "bf16",
     device: str = "cpu",
     key_column: str | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Exact train-test similarity in one streaming pass over ``train``.
+    """Exact top-k neighbours, per-train max similarity and margins in one streaming pass.
 
     Args:
-        train: the training embedding store (e.g. the pool, LAION).
-        evals: eval set name -> embedding store (held in memory).
+        train_store: the training embedding store (e.g. the pool, LAION).
+        eval_stores: eval set name -> embedding store (held in memory).
         out: output folder (see module docstring); completed parts are kept (resume).
         k: neighbours per eval sample (0 for none).
-        thresholds: eval name -> parquet (key, threshold): enables margins for that set.
-        reference: {name: store}: each eval sample's nearest-neighbour similarity to this
-            reference training set (ImageNet-train in the paper) becomes its threshold.
-        chunk_rows: training rows per tile; memory is about chunk_rows x (eval rows) x 6 bytes.
-        precision: ``bf16`` (fast, re-checked exactly) or ``fp32``.
+        threshold_files: eval name -> parquet (key, threshold): enables margins for that set.
+        reference_stores: {name: store} of at most one reference training set (ImageNet-train in
+            the paper): each eval sample's nearest-neighbour similarity to it becomes the
+            sample's threshold (for the sets without a threshold file).
+        chunk_rows: training rows read at a time (the engine tiles them to fit the cache);
+            memory is about chunk_rows x dim x 12 bytes plus the eval sets.
+        screen: ``bf16`` (fast, re-checked exactly) or ``fp32``: how candidates are found; the
+            results are exact either way.
         device: ``cpu`` or ``cuda``.
         key_column: metadata column with the sample keys (default: the stores' own).
-        overwrite: delete ``out`` first instead of resuming.
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         the manifest (also written to ``out/manifest.json``).
     """
-    out = Path(out)
-    thresholds = dict(thresholds or {})
-    reference = dict(reference or {})
+    threshold_files = dict(threshold_files or {})
+    reference_stores = dict(reference_stores or {})
     if k < 0 or chunk_rows < 1:
         raise InputError(None, "k must be >= 0 and chunk_rows >= 1", None)
-    if len(reference) > 1:
-        raise InputError(None, "give at most one reference store", "e.g. --reference imagenet-train=STORE")
-    if not evals:
-        raise InputError(None, "no eval sets given", "pass --eval NAME=STORE at least once")
-    unknown = set(thresholds) - set(evals)
+    if len(reference_stores) > 1:
+        raise InputError(None, f"{len(reference_stores)} reference stores given; the margins need one threshold per eval sample",
+                         "pass one --reference-store NAME=STORE (run again for another reference)")
+    if not eval_stores:
+        raise InputError(None, "no eval sets given", "pass --eval-store NAME=STORE at least once")
+    check_names([*eval_stores, *reference_stores], "eval set or reference")
+    unknown = set(threshold_files) - set(eval_stores)
     if unknown:
-        raise InputError(None, f"thresholds given for unknown eval sets {sorted(unknown)}", "use the names of --eval")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    train_store = EmbeddingStore(train, key_column)
-    eval_sets, stores = [], {"train": train_store}
-    for name, path in evals.items():
+        raise InputError(None, f"threshold files given for unknown eval sets {sorted(unknown)}", "use the names of --eval-store")
+    train = EmbeddingStore(train_store, key_column)
+    eval_sets, stores = [], {"train": train}
+    for name, path in eval_stores.items():
         e, s = load_eval_set(name, path, key_column)
         eval_sets.append(e)
         stores[f"eval {name}"] = s
     ref_name, ref_store = None, None
-    if reference:
-        ref_name, ref_path = next(iter(reference.items()))
+    if reference_stores:
+        ref_name, ref_path = next(iter(reference_stores.items()))
         ref_store = EmbeddingStore(ref_path, key_column)
         stores[f"reference {ref_name}"] = ref_store
     _check_compatible(stores)
-    parameters = {"k": k, "chunk_rows": chunk_rows, "precision": precision, "device": device}
-    inputs = {"train": str(train_store.path), "evals": {n: str(stores[f"eval {n}"].path) for n in evals},
-              "thresholds": {n: str(p) for n, p in thresholds.items()},
-              "reference": {ref_name: str(ref_store.path)} if ref_store is not None else {}}
-    _check_resume(out, inputs, parameters)
-    remove_stale_temporaries(out)
-    write_json(out / "run.json", {"inputs": inputs, "parameters": parameters})
+    run = RunFolder(out, "neighbors",
+                    inputs={"train_store": fingerprint(train.path),
+                            "eval_stores": {n: fingerprint(stores[f"eval {n}"].path) for n in eval_stores},
+                            "threshold_files": {n: fingerprint(p) for n, p in threshold_files.items()},
+                            "reference_stores": {ref_name: fingerprint(ref_store.path)} if ref_store is not None else {}},
+                    parameters={"k": k, "screen": screen, "key_column": key_column},
+                    settings={"chunk_rows": chunk_rows, "device": device},
+                    reads=[s.path for s in stores.values()] + list(threshold_files.values()))
+    done = run.open(overwrite)
+    if done is not None:
+        return done
+    folder = NeighborsFolder(run.out)
+    n_parts = len(train.parts)
 
     with Timer() as timer:
-        _resolve_thresholds(out, eval_sets, thresholds, ref_name, ref_store, chunk_rows, precision, device)
-        engine = StreamingNeighbors(eval_sets, k, precision=precision, device=device)
-        start = _load_resume_state(out, train_store, engine)
-        n_parts = len(train_store.parts)
+        _resolve_thresholds(folder, eval_sets, threshold_files, ref_name, ref_store, chunk_rows, screen, device)
+        engine = StreamingNeighbors(eval_sets, k, screen=screen, device=device)
+        start = _load_resume_state(folder, train, engine)
 
         def part_done(pi: int, results: list) -> None:
-            part = train_store.parts[pi]
-            keys = np.concatenate(list(train_store.iter_keys(part, 1 << 20))) if part.rows else np.zeros(0, dtype=object)
-            write_parquet(out / "train" / f"part_{part.suffix}.parquet", _part_table(keys, results, eval_sets))
-            with atomic_open(out / "state" / f"after_part_{part.suffix}.npz") as f:
+            part = train.parts[pi]
+            keys = np.concatenate(list(train.iter_keys(part, 1 << 20))) if part.rows else np.zeros(0, dtype=object)
+            write_parquet(folder.train_part(part.suffix), _part_table(keys, results, eval_sets))
+            with atomic_open(folder.state_dir / f"after_part_{part.suffix}.npz") as f:
                 np.savez(f, **engine.topk.state())
             if pi > 0:
-                (out / "state" / f"after_part_{train_store.parts[pi - 1].suffix}.npz").unlink(missing_ok=True)
+                (folder.state_dir / f"after_part_{train.parts[pi - 1].suffix}.npz").unlink(missing_ok=True)
 
-        (out / "state").mkdir(parents=True, exist_ok=True)
-        stream_pass(engine, train_store, chunk_rows, parts=list(range(start, n_parts)), on_part_done=part_done)
-        counts = _write_eval_outputs(out, engine, eval_sets, train_store)
-    shutil.rmtree(out / "state", ignore_errors=True)
-    manifest = build_manifest(
-        "neighbors",
-        inputs=inputs,
-        parameters=parameters,
-        model=train_store.model,
-        counts={"train_rows": train_store.count, "train_parts": n_parts, "resumed_parts": start, **counts},
-        outputs={"eval": "eval/{name}.parquet", "train": "train/part_{suffix}.parquet", "thresholds": "thresholds/{name}.parquet"},
+        folder.state_dir.mkdir(parents=True, exist_ok=True)
+        stream_store(engine, train, chunk_rows, parts=range(start, n_parts), on_part_done=part_done)
+        counts = _write_eval_outputs(folder, engine, eval_sets, train)
+    shutil.rmtree(folder.state_dir, ignore_errors=True)
+    manifest = run.finish(
+        model=train.model,
+        counts={"train_rows": train.count, "train_parts": n_parts, "resumed_parts": start, **counts},
+        outputs={"eval": f"{EVAL_DIR}/{{name}}.parquet", "train": f"{TRAIN_DIR}/part_{{suffix}}.parquet",
+                 "thresholds": f"{THRESHOLDS_DIR}/{{name}}.parquet"},
     )
-    write_json(out / "manifest.json", manifest)
-    rate = (train_store.count - sum(p.rows for p in train_store.parts[:start])) * sum(len(e.keys) for e in eval_sets)
+    rate = (train.count - sum(p.rows for p in train.parts[:start])) * sum(len(e.keys) for e in eval_sets)
     summary(
-        f"neighbors: {train_store.count} train rows x {sum(len(e.keys) for e in eval_sets)} eval rows "
-        f"({', '.join(e.name for e in eval_sets)}), k={k}, {precision}, in {timer.seconds:.1f} s "
-        f"({rate / max(timer.seconds, 1e-9) / 1e9:.2f} G pairs/s; {start} parts resumed) -> {out}"
+        f"neighbors: {train.count} train rows x {sum(len(e.keys) for e in eval_sets)} eval rows "
+        f"({', '.join(e.name for e in eval_sets)}), k={k}, {screen} screen, in {timer.seconds:.1f} s "
+        f"({rate / max(timer.seconds, 1e-9) / 1e9:.2f} G pairs/s; {start} parts resumed) -> {run.out}"
     )
     return manifest
 
 
-def _check_resume(out: Path, inputs: dict, parameters: dict) -> None:
-    run = out / "run.json"
-    if run.exists():
-        previous = read_json(run)
-        if previous != {"inputs": inputs, "parameters": parameters}:
-            raise IncompatibleError(
-                out, "holds a neighbors run with other inputs or parameters", "choose a new --out or pass overwrite=True"
-            )
-
-
-def _resolve_thresholds(out: Path, eval_sets: list[EvalSet], files: dict, ref_name: str | None,
-                        ref_store: EmbeddingStore | None, chunk_rows: int, precision: str, device: str) -> None:
+def _resolve_thresholds(folder: NeighborsFolder, eval_sets: list[EvalSet], files: dict, ref_name: str | None,
+                        ref_store: EmbeddingStore | None, chunk_rows: int, screen: str, device: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     for e in eval_sets:
         if e.name in files:
             e.thresholds = _read_threshold_file(Path(files[e.name]), e.keys)
-            write_parquet(out / "thresholds" / f"{e.name}.parquet", pa.table({"key": e.keys.tolist(), "threshold": e.thresholds}))
+            write_parquet(folder.thresholds_file(e.name), pa.table({"key": e.keys.tolist(), "threshold": e.thresholds}))
     need = [e for e in eval_sets if e.thresholds is None] if ref_store is not None else []
     if not need:
         return
-    done = all((out / "thresholds" / f"{e.name}.parquet").exists() for e in need)
-    if not done:
-        result = reference_thresholds(need, ref_store, chunk_rows=chunk_rows, precision=precision, device=device)
+    if not all(folder.thresholds_file(e.name).exists() for e in need):
+        result = reference_thresholds(need, ref_store, chunk_rows=chunk_rows, screen=screen, device=device)
         for e in need:
             t, ridx = result[e.name]
-            rkeys = ref_store.keys_at(ridx)
-            table = pa.table({"key": e.keys.tolist(), "threshold": t, "reference_key": rkeys.tolist()})
-            write_parquet(out / "thresholds" / f"{e.name}.parquet", table)
-        write_json(out / "thresholds" / "manifest.json", build_manifest(
-            "reference-thresholds", inputs={"reference": {ref_name: str(ref_store.path)}},
-            parameters={"precision": precision}, model=ref_store.model,
-            counts={e.name: len(e.keys) for e in need}))
+            table = pa.table({"key": e.keys.tolist(), "threshold": t, "reference_key": ref_store.keys_at(ridx).tolist()})
+            write_parquet(folder.thresholds_file(e.name), table)
+        write_manifest(folder.thresholds_dir, "reference-thresholds", inputs={"reference": {ref_name: str(ref_store.path)}},
+                       parameters={"screen": screen}, model=ref_store.model, counts={e.name: len(e.keys) for e in need})
     for e in need:
-        table = pq.read_table(out / "thresholds" / f"{e.name}.parquet")
+        table = pq.read_table(folder.thresholds_file(e.name))
         if table.column("key").to_pylist() != e.keys.tolist():
-            raise IncompatibleError(out / "thresholds", f"thresholds of {e.name} do not match its keys", "pass overwrite=True")
+            raise IncompatibleError(folder.thresholds_dir, f"thresholds of {e.name} do not match its keys", "pass --overwrite")
         e.thresholds = table.column("threshold").to_numpy()
 
 
-def _load_resume_state(out: Path, train: EmbeddingStore, engine: StreamingNeighbors) -> int:
+def _load_resume_state(folder: NeighborsFolder, train: EmbeddingStore, engine: StreamingNeighbors) -> int:
     """Index of the first part to process; loads the top-k state saved after the previous one."""
     for pi in range(len(train.parts) - 1, -1, -1):
-        suffix = train.parts[pi].suffix
-        state = out / "state" / f"after_part_{suffix}.npz"
-        if state.exists() and all((out / "train" / f"part_{p.suffix}.parquet").exists() for p in train.parts[: pi + 1]):
+        state = folder.state_dir / f"after_part_{train.parts[pi].suffix}.npz"
+        if state.exists() and all(folder.train_part(p.suffix).exists() for p in train.parts[: pi + 1]):
             with np.load(state, allow_pickle=False) as data:
                 engine.topk.load(dict(data))
             return pi + 1
     return 0
 
 
-def _write_eval_outputs(out: Path, engine: StreamingNeighbors, eval_sets: list[EvalSet], train: EmbeddingStore) -> dict:
+def _write_eval_outputs(folder: NeighborsFolder, engine: StreamingNeighbors, eval_sets: list[EvalSet],
+                        train: EmbeddingStore) -> dict:
     import pyarrow as pa
 
     counts = {}
@@ -324,6 +293,6 @@ def _write_eval_outputs(out: Path, engine: StreamingNeighbors, eval_sets: list[E
             "score": scores[valid].astype(np.float32),
             "train_row": idx[valid],
         })
-        write_parquet(out / "eval" / f"{name}.parquet", table)
+        write_parquet(folder.eval_file(name), table)
         counts[f"eval_rows__{name}"] = len(e.keys)
     return counts

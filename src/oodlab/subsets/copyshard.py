@@ -18,7 +18,6 @@ must be the planned ones, and so must the keys of the parquet rows.
 from __future__ import annotations
 
 import errno
-import json
 import os
 from collections import Counter
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from oodlab.data.tarindex import BLOCK, RECORD_SIZE, index_tar
-from oodlab.utils.atomic import atomic_path, write_parquet
+from oodlab.utils.atomic import atomic_path, write_json, write_parquet
 
 _FALLBACK_ERRNOS = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
 
@@ -193,16 +192,9 @@ def write_shard(folder: Path, plan: ShardPlan, *, verify: bool = True) -> int:
             if rows.column("key").to_pylist() != plan.keys:
                 raise OSError(f"{tmp}: the staged parquet rows do not hold the planned keys (did a source parquet change?)")
         write_parquet(folder / f"{plan.name}.parquet", rows)
-        _write_stats(folder / f"{plan.name}_stats.json", shard_stats(rows, plan.run_fields))
+        write_json(folder / f"{plan.name}_stats.json", shard_stats(rows, plan.run_fields))
         size = os.path.getsize(tmp)
     return size
-
-
-def _write_stats(path: Path, stats: dict[str, Any]) -> None:
-    """The stats file, written atomically (rename) but not fsynced: a shard is only complete once
-    its tar is renamed after it, and a thousand fsyncs cost seconds."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
 
 
 def _verify(tar: Path, plan: ShardPlan) -> None:

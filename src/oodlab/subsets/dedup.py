@@ -39,10 +39,10 @@ from oodlab.embeddings.store import EmbeddingStore
 from oodlab.subsets import clusters as cl
 from oodlab.subsets.greedy import RULES, dedup_ordered
 from oodlab.subsets.keylists import KEY_COLUMN, KeyListWriter, load_keep_from, membership, read_keys
-from oodlab.utils.atomic import remove_stale_temporaries, save_npy, temp_path_for
+from oodlab.utils.atomic import save_npy, temp_path_for
 from oodlab.utils.errors import InputError
-from oodlab.utils.manifest import read_manifest, write_manifest
 from oodlab.utils.progress import Timer, progress, summary
+from oodlab.utils.runs import RunFolder, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -97,11 +97,12 @@ def dedup(
     keep_from: str | Path | None = None,
     chunk_rows: int = 65536,
     block_rows: int = 2048,
-    group_rows: int = 1 << 22,
+    group_rows: int = 4_194_304,
     key_column: str | None = None,
     group_column: str = "duplicate_group",
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Semantic deduplication of ``store`` (see the module docstring).
+    """Semantic deduplication (SemDeDup): spherical k-means, then greedy within-cluster pruning.
 
     Args:
         store: embedding store (float16 unit rows [n, d]).
@@ -120,15 +121,25 @@ def dedup(
         key_column: metadata column with the sample keys (default: the store's).
         group_column: metadata column with ground-truth duplicate groups for the precision /
             recall report (ignored when absent).
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
-        the manifest.
+        the manifest (``counts.clusters``: the number of clusters used).
     """
     _check_args(eps, clusters, sample_rows, iterations, rule, chunk_rows, block_rows, group_rows)
     emb_store = EmbeddingStore(store, key_column)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    run = RunFolder(out, "dedup",
+                    inputs={"store": fingerprint(emb_store.path), "keep_from": None if keep_from is None else fingerprint(keep_from),
+                            "key_column": key_column, "group_column": group_column},
+                    parameters={"eps": eps, "threshold": 1.0 - eps, "clusters": clusters, "sample_rows": sample_rows,
+                                "iterations": iterations, "seed": seed, "rule": rule,
+                                "order": "by cosine similarity to the centroid, descending; ties by training order"},
+                    settings={"chunk_rows": chunk_rows, "block_rows": block_rows, "group_rows": group_rows},
+                    reads=[emb_store.path] + ([keep_from] if keep_from is not None else []))
+    done = run.open(overwrite)
+    if done is not None:
+        return done
+    out = run.out
     allowed = load_keep_from(keep_from)
     work = temp_path_for(out / "work")
     work.mkdir(parents=True)
@@ -143,16 +154,8 @@ def dedup(
     if group_column in _metadata_columns(emb_store):
         quality = dedup_quality(out, emb_store.path, group_column=group_column, key_column=key_column)
         counts["quality"] = quality
-    write_manifest(
-        out, "dedup",
-        inputs={"store": str(emb_store.path), "keep_from": None if keep_from is None else str(keep_from)},
-        parameters={"eps": eps, "threshold": 1.0 - eps, "clusters": counts.pop("clusters"), "sample_rows": sample_rows,
-                    "iterations": iterations, "seed": seed, "rule": rule, "chunk_rows": chunk_rows,
-                    "block_rows": block_rows, "group_rows": group_rows,
-                    "order": "by cosine similarity to the centroid, descending; ties by training order"},
-        model=emb_store.model, counts=counts,
-        outputs={"kept": KEPT, "removed": REMOVED, "centroids": CENTROIDS},
-    )
+    manifest = run.finish(model=emb_store.model, counts=counts,
+                          outputs={"kept": KEPT, "removed": REMOVED, "centroids": CENTROIDS})
     q = ""
     if quality is not None:
         fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -161,7 +164,7 @@ def dedup(
         f"dedup: kept {counts['kept']} of {counts['considered']} ({counts['removed']} removed, eps={eps}, {rule}, "
         f"{counts['nonempty_clusters']} clusters, largest {counts['largest_cluster']}) in {timer.seconds:.1f} s{q} -> {out}"
     )
-    return read_manifest(out)
+    return manifest
 
 
 def _metadata_columns(store: EmbeddingStore) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from oodlab.utils.atomic import CommitOnExit, temp_path_for
+from oodlab.utils.atomic import CommitOnExit, PendingPath
 from oodlab.utils.errors import InputError
 
 KEY_COLUMN = "key"
@@ -104,11 +104,10 @@ class KeyListWriter(CommitOnExit):
         if schema.names[0] != KEY_COLUMN:
             raise ValueError("the first column of a key list must be 'key'")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.schema = schema
         self.rows = 0
-        self._tmp = temp_path_for(self.path)
-        self._writer = pq.ParquetWriter(self._tmp, schema)
+        self._pending = PendingPath(self.path)
+        self._writer = pq.ParquetWriter(self._pending.tmp, schema)
 
     def write(self, columns: dict[str, Any]) -> None:
         """Append rows given as {column: array}; the columns must match the schema."""
@@ -120,16 +119,13 @@ class KeyListWriter(CommitOnExit):
             self.rows += len(table)
 
     def close(self) -> Path:
-        import os
-
         self._writer.close()
-        os.replace(self._tmp, self.path)
-        return self.path
+        return self._pending.commit()
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+        self._pending.discard()
 
 
 def membership(keys: np.ndarray, allowed: set[str] | None) -> np.ndarray:

@@ -49,13 +49,15 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from oodlab.similarity.layout import ARGMAX, MARGIN, MARGIN_ARGMAX, MAX_SIM, column, sets_with
 from oodlab.subsets.keylists import KeyListWriter, count_keys, load_keep_from, membership
 from oodlab.subsets.select import KeepLowest, Threshold
-from oodlab.subsets.sources import PartSource, eval_names, open_source, require_columns
-from oodlab.utils.atomic import atomic_open, remove_stale_temporaries
+from oodlab.subsets.sources import PartSource, open_source, require_columns
+from oodlab.utils.atomic import write_text
 from oodlab.utils.errors import InputError
-from oodlab.utils.manifest import write_manifest
+from oodlab.utils.names import check_names
 from oodlab.utils.progress import Timer, progress, summary
+from oodlab.utils.runs import RunFolder, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +91,13 @@ def similarity_scorer(evals: Sequence[str]) -> Scorer:
     names = np.array(list(evals), dtype=object)
 
     def score(table: Any) -> dict[str, np.ndarray]:
-        sims = np.stack([_column(table, f"max_sim__{e}") for e in evals], axis=1)
+        sims = np.stack([_column(table, column(MAX_SIM, e)) for e in evals], axis=1)
         which = np.argmax(sims, axis=1)  # first set wins ties
         rows = np.arange(len(table))
-        eval_keys = np.stack([_column(table, f"argmax__{e}").astype(object) for e in evals], axis=1)
+        eval_keys = np.stack([_column(table, column(ARGMAX, e)).astype(object) for e in evals], axis=1)
         return {"score": sims[rows, which].astype(np.float32), "eval_set": names[which], "eval_key": eval_keys[rows, which]}
 
-    columns = [c for e in evals for c in (f"max_sim__{e}", f"argmax__{e}")]
+    columns = [column(kind, e) for e in evals for kind in (MAX_SIM, ARGMAX)]
     return Scorer(columns, [("score", pa.float32()), ("eval_set", pa.string()), ("eval_key", pa.string())], score)
 
 
@@ -106,16 +108,16 @@ def margin_scorer(evals: Sequence[str]) -> Scorer:
     names = np.array(list(evals), dtype=object)
 
     def score(table: Any) -> dict[str, np.ndarray]:
-        margins = np.stack([_column(table, f"margin__{e}").astype(np.float64) for e in evals], axis=1)
+        margins = np.stack([_column(table, column(MARGIN, e)).astype(np.float64) for e in evals], axis=1)
         which = np.argmax(margins, axis=1)
         rows = np.arange(len(table))
-        eval_keys = np.stack([_column(table, f"margin_argmax__{e}").astype(object) for e in evals], axis=1)
+        eval_keys = np.stack([_column(table, column(MARGIN_ARGMAX, e)).astype(object) for e in evals], axis=1)
         out = {"score": margins[rows, which], "eval_set": names[which], "eval_key": eval_keys[rows, which]}
         for i, e in enumerate(evals):
             out[f"flag__{e}"] = margins[:, i] > 0
         return out
 
-    columns = [c for e in evals for c in (f"margin__{e}", f"margin_argmax__{e}")]
+    columns = [column(kind, e) for e in evals for kind in (MARGIN, MARGIN_ARGMAX)]
     fields = [("score", pa.float64()), ("eval_set", pa.string()), ("eval_key", pa.string())]
     fields += [(f"flag__{e}", pa.bool_()) for e in evals]
     return Scorer(columns, fields, score)
@@ -212,19 +214,20 @@ def _policy(keep: int | None, threshold: float | None, sign: float, rule: str) -
     return Threshold(float(threshold), sign=sign)
 
 
-def _choose_evals(source: PartSource, evals: Sequence[str] | None, prefix: str, fix: str) -> list[str]:
-    available = eval_names(source)
-    chosen = list(evals) if evals else [e for e in available if f"{prefix}{e}" in source.columns]
+def _choose_evals(source: PartSource, evals: Sequence[str] | None, kind: str, fix: str) -> list[str]:
+    chosen = check_names(evals, "eval set") if evals else sets_with(source.columns, kind)
     if not chosen:
-        raise InputError(source.path, f"has no {prefix}* columns", fix)
-    if len(set(chosen)) != len(chosen):
-        raise InputError(None, f"eval sets named twice: {chosen}", "name each eval set once")
-    require_columns(source, [f"{prefix}{e}" for e in chosen], fix)
+        raise InputError(source.path, f"has no {kind} columns", fix)
+    require_columns(source, [column(kind, e) for e in chosen], fix)
     return chosen
 
 
-def _finish(out: Path, rule: str, result: RunResult, *, inputs: dict, parameters: dict, keep_from_keys: int | None,
-            seconds: float) -> dict[str, Any]:
+def _open(out: str | Path, rule: str, *, inputs: dict, parameters: dict, reads: list) -> RunFolder:
+    return RunFolder(out, f"prune {rule}", inputs=inputs, parameters={"rule": rule, **parameters},
+                     reads=[p for p in reads if p is not None])
+
+
+def _finish(run: RunFolder, rule: str, result: RunResult, *, keep_from_keys: int | None, seconds: float) -> dict[str, Any]:
     counts: dict[str, Any] = {
         "pool_rows": result.pool_rows,
         "considered": result.considered,
@@ -239,100 +242,105 @@ def _finish(out: Path, rule: str, result: RunResult, *, inputs: dict, parameters
     outputs = {"kept": KEPT, "removed": REMOVED}
     if result.flagged:
         outputs.update({"counts_csv": "counts.csv", "counts_md": "counts.md"})
-    write_manifest(out, f"prune {rule}", inputs=inputs, parameters={"rule": rule, **parameters}, counts=counts, outputs=outputs)
+    manifest = run.finish(counts=counts, outputs=outputs)
     pct = 100.0 * result.kept / max(result.considered, 1)
     summary(
         f"prune {rule}: kept {result.kept} of {result.considered} considered samples ({pct:.1f}%), "
-        f"removed {result.removed}, in {seconds:.1f} s -> {out / KEPT}"
+        f"removed {result.removed}, in {seconds:.1f} s -> {run.out / KEPT}"
     )
-    from oodlab.utils.manifest import read_manifest
-
-    return read_manifest(out)
+    return manifest
 
 
-def _prepare_out(out: str | Path) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    return out
+def _keep_from_input(keep_from: str | Path | None) -> dict[str, Any] | None:
+    return None if keep_from is None else fingerprint(keep_from)
 
 
-def _similarity_rule(rule: str, sign: float, neighbors: str | Path, out: str | Path, evals: Sequence[str] | None,
-                     keep: int | None, threshold: float | None, keep_from: str | Path | None) -> dict[str, Any]:
-    source = open_source(neighbors, kinds=("neighbors",))
-    chosen = _choose_evals(source, evals, "max_sim__", "name eval sets given to `oodlab neighbors --eval`")
+def _similarity_rule(rule: str, sign: float, neighbors: str | Path, out: str | Path, eval_sets: Sequence[str] | None,
+                     keep: int | None, threshold: float | None, keep_from: str | Path | None,
+                     overwrite: bool) -> dict[str, Any]:
+    source = open_source(neighbors, "neighbors")
+    chosen = _choose_evals(source, eval_sets, MAX_SIM, "name eval sets given to `oodlab neighbors --eval-store`")
     policy = _policy(keep, threshold, sign, rule)
-    out = _prepare_out(out)
+    run = _open(out, rule, inputs={"neighbors": fingerprint(source.path), "keep_from": _keep_from_input(keep_from)},
+                parameters={"eval_sets": chosen, "keep": keep, "threshold": threshold},
+                reads=[source.path, keep_from])
+    done = run.open(overwrite)
+    if done is not None:
+        return done
     allowed = load_keep_from(keep_from)
     with Timer() as timer:
-        result = run_rule(source, similarity_scorer(chosen), policy, out, allowed=allowed, description=f"prune {rule}")
-    return _finish(out, rule, result, inputs={"neighbors": str(source.path), "keep_from": None if keep_from is None else str(keep_from)},
-                   parameters={"evals": chosen, "keep": keep, "threshold": threshold},
-                   keep_from_keys=None if allowed is None else len(allowed), seconds=timer.seconds)
+        result = run_rule(source, similarity_scorer(chosen), policy, run.out, allowed=allowed, description=f"prune {rule}")
+    return _finish(run, rule, result, keep_from_keys=None if allowed is None else len(allowed), seconds=timer.seconds)
 
 
 def prune_near(
     neighbors: str | Path,
     out: str | Path,
     *,
-    evals: Sequence[str] | None = None,
+    eval_sets: Sequence[str] | None = None,
     keep: int | None = None,
     threshold: float | None = None,
     keep_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Remove the pool samples MOST similar to the eval sets (the paper's near-pruned sets).
 
     Args:
-        neighbors: an ``oodlab neighbors`` output folder (its ``train/part_*.parquet``).
+        neighbors: an ``oodlab neighbors`` output folder.
         out: output folder (``kept.parquet``, ``removed.parquet``, ``manifest.json``).
-        evals: eval set names (default: all in the folder); the score is the max over them of
-            ``max_sim__{eval}`` (cosine similarity in [-1, 1], float32).
+        eval_sets: eval set names (default: all in the folder); the score is the max over them of
+            each sample's maximum similarity to the set (cosine similarity in [-1, 1], float32).
         keep: keep the ``keep`` samples with the LOWEST score (ties: earlier in training order).
         threshold: instead of ``keep``: remove samples with score ``> threshold``.
         keep_from: a key list (e.g. an earlier ``kept.parquet``); only its keys are considered.
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         the manifest.
     """
-    return _similarity_rule("near", 1.0, neighbors, out, evals, keep, threshold, keep_from)
+    return _similarity_rule("near", 1.0, neighbors, out, eval_sets, keep, threshold, keep_from, overwrite)
 
 
 def prune_far(
     neighbors: str | Path,
     out: str | Path,
     *,
-    evals: Sequence[str] | None = None,
+    eval_sets: Sequence[str] | None = None,
     keep: int | None = None,
     threshold: float | None = None,
     keep_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Remove the pool samples LEAST similar to the eval sets (the paper's far-pruned sets).
 
     Args:
         neighbors: an ``oodlab neighbors`` output folder.
         out: output folder.
-        evals: eval set names (default: all); score = max over them of ``max_sim__{eval}``.
+        eval_sets: eval set names (default: all); score = max over them of each sample's maximum
+            similarity to the set.
         keep: keep the ``keep`` samples with the HIGHEST score (ties: earlier in training order).
         threshold: instead of ``keep``: remove samples with score ``< threshold``.
         keep_from: a key list; only its keys are considered.
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         the manifest.
     """
-    return _similarity_rule("far", -1.0, neighbors, out, evals, keep, threshold, keep_from)
+    return _similarity_rule("far", -1.0, neighbors, out, eval_sets, keep, threshold, keep_from, overwrite)
 
 
 def prune_aligned(
     neighbors: str | Path,
     out: str | Path,
     *,
-    evals: Sequence[str] | None = None,
+    eval_sets: Sequence[str] | None = None,
     keep_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Similarity-aligned pruning: remove pool sample j iff ``s(i, j) > t_i`` for some eval sample i.
 
-    Uses the exact ``margin__{eval} = max_i (s_ij - t_i)`` columns of ``oodlab neighbors``
-    (run with ``--reference`` or ``--thresholds``); j is removed iff the margin is ``> 0`` for
+    Uses the exact margins ``max_i (s_ij - t_i)`` of ``oodlab neighbors`` (run with
+    ``--reference-store`` or ``--threshold-file``); j is removed iff the margin is ``> 0`` for
     any chosen eval set (the union, "combined-pruned", when several are given). A sample exactly
     at a threshold (margin 0) is kept.
 
@@ -340,25 +348,29 @@ def prune_aligned(
         neighbors: an ``oodlab neighbors`` output folder with margins.
         out: output folder; also ``counts.csv`` / ``counts.md``: samples flagged per eval set and
             for the union (the paper's table of prune-set sizes).
-        evals: eval set names (default: every set with margins).
+        eval_sets: eval set names (default: every set with margins).
         keep_from: a key list; only its keys are considered.
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         the manifest (``counts.flagged`` = {eval: n, ..., "union": n}).
     """
-    source = open_source(neighbors, kinds=("neighbors",))
+    source = open_source(neighbors, "neighbors")
     chosen = _choose_evals(
-        source, evals, "margin__",
-        "run `oodlab neighbors` with --reference NAME=STORE (or --thresholds) so that margins are computed for these sets",
+        source, eval_sets, MARGIN,
+        "run `oodlab neighbors` with --reference-store NAME=STORE (or --threshold-file) so that margins are computed for these sets",
     )
-    out = _prepare_out(out)
+    run = _open(out, "aligned", inputs={"neighbors": fingerprint(source.path), "keep_from": _keep_from_input(keep_from)},
+                parameters={"eval_sets": chosen, "rule": "remove iff max_i (s_ij - t_i) > 0"},
+                reads=[source.path, keep_from])
+    done = run.open(overwrite)
+    if done is not None:
+        return done
     allowed = load_keep_from(keep_from)
     with Timer() as timer:
-        result = run_rule(source, margin_scorer(chosen), Threshold(0.0), out, allowed=allowed, description="prune aligned")
-    _write_counts_table(out, result)
-    return _finish(out, "aligned", result, inputs={"neighbors": str(source.path), "keep_from": None if keep_from is None else str(keep_from)},
-                   parameters={"evals": chosen, "rule": "remove iff max_i (s_ij - t_i) > 0"},
-                   keep_from_keys=None if allowed is None else len(allowed), seconds=timer.seconds)
+        result = run_rule(source, margin_scorer(chosen), Threshold(0.0), run.out, allowed=allowed, description="prune aligned")
+    _write_counts_table(run.out, result)
+    return _finish(run, "aligned", result, keep_from_keys=None if allowed is None else len(allowed), seconds=timer.seconds)
 
 
 def _write_counts_table(out: Path, result: RunResult) -> None:
@@ -366,55 +378,69 @@ def _write_counts_table(out: Path, result: RunResult) -> None:
     for name, n in result.flagged.items():
         label = "union (combined)" if name == "union" else name
         rows.append((label, n, result.considered - n, n / max(result.considered, 1)))
-    with atomic_open(out / "counts.csv", "w", encoding="utf-8") as f:
-        f.write("eval_set,flagged,kept_if_pruned_alone,fraction_flagged\n")
-        for label, n, k, frac in rows:
-            f.write(f"{label},{n},{k},{frac:.6f}\n")
-    with atomic_open(out / "counts.md", "w", encoding="utf-8") as f:
-        f.write(f"| Eval set | Pool samples flagged for pruning | Kept | Fraction flagged |\n|---|---:|---:|---:|\n")
-        for label, n, k, frac in rows:
-            f.write(f"| {label} | {n:,} | {k:,} | {100 * frac:.2f}% |\n")
-        f.write(f"\nConsidered pool samples: {result.considered:,}.\n")
+    csv = ["eval_set,flagged,kept_if_pruned_alone,fraction_flagged"]
+    csv += [f"{label},{n},{k},{frac:.6f}" for label, n, k, frac in rows]
+    write_text(out / "counts.csv", "\n".join(csv) + "\n")
+    md = ["| Eval set | Pool samples flagged for pruning | Kept | Fraction flagged |", "|---|---:|---:|---:|"]
+    md += [f"| {label} | {n:,} | {k:,} | {100 * frac:.2f}% |" for label, n, k, frac in rows]
+    write_text(out / "counts.md", "\n".join(md) + f"\n\nConsidered pool samples: {result.considered:,}.\n")
+
+
+#: where ``prune random`` draws from: keyword -> source kind
+_RANDOM_POOLS = ("neighbors", "store", "keys")
 
 
 def prune_random(
-    pool: str | Path,
     out: str | Path,
     *,
+    neighbors: str | Path | None = None,
+    store: str | Path | None = None,
+    keys: str | Path | None = None,
     keep: int | None = None,
     like: str | Path | None = None,
     seed: int = 0,
     keep_from: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """A uniform random subset of ``keep`` samples (the paper's size-matched controls).
 
     Args:
-        pool: a neighbors folder, an embedding store or a key list (the keys to draw from).
         out: output folder (``kept.parquet`` / ``removed.parquet`` with ``score`` = the key's
             random priority in [0, 1)).
+        neighbors: draw from the training keys of this ``oodlab neighbors`` output folder ...
+        store: ... or from the keys of this embedding store ...
+        keys: ... or from this key list (exactly one of the three).
         keep: the subset size.
         like: instead of ``keep``: a key list (e.g. another rule's ``kept.parquet``) whose row
             count is the size.
         seed: the seed (see the module docstring: one hash-based priority per key).
         keep_from: a key list; only its keys are considered.
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         the manifest.
     """
+    given = {kind: path for kind, path in zip(_RANDOM_POOLS, (neighbors, store, keys)) if path is not None}
+    if len(given) != 1:
+        raise InputError(None, "prune random needs exactly one of neighbors, store and keys (the keys to draw from)",
+                         "pass one of --neighbors, --store, --keys")
     if (keep is None) == (like is None):
         raise InputError(None, "prune random needs exactly one of keep and like", "pass --keep N or --like KEPT.parquet")
+    ((kind, path),) = given.items()
     size = int(keep) if keep is not None else count_keys(like)
-    source = open_source(pool)
-    out = _prepare_out(out)
-    allowed = load_keep_from(keep_from)
+    source = open_source(path, kind)
     policy = _policy(size, None, 1.0, "random")
+    run = _open(out, "random", inputs={kind: fingerprint(source.path), "like": None if like is None else fingerprint(like),
+                                       "keep_from": _keep_from_input(keep_from)},
+                parameters={"keep": size, "seed": seed, "method": "keep the lowest blake2b(key; seed) priorities"},
+                reads=[source.path, like, keep_from])
+    done = run.open(overwrite)
+    if done is not None:
+        return done
+    allowed = load_keep_from(keep_from)
     with Timer() as timer:
-        result = run_rule(source, random_scorer(seed), policy, out, allowed=allowed, description="prune random")
-    return _finish(out, "random", result,
-                   inputs={"pool": str(source.path), "like": None if like is None else str(like),
-                           "keep_from": None if keep_from is None else str(keep_from)},
-                   parameters={"keep": size, "seed": seed, "method": "keep the lowest blake2b(key; seed) priorities"},
-                   keep_from_keys=None if allowed is None else len(allowed), seconds=timer.seconds)
+        result = run_rule(source, random_scorer(seed), policy, run.out, allowed=allowed, description="prune random")
+    return _finish(run, "random", result, keep_from_keys=None if allowed is None else len(allowed), seconds=timer.seconds)
 
 
 #: rule name -> the public function implementing it (the CLI and docs list these)

@@ -7,7 +7,7 @@ Two phases, each split into idempotent units run by ``workers`` processes:
    to ``OUT/.staging/index/{i:05d}.parquet`` and their member spans to ``{i:05d}.npz`` (both
    atomically, the npz last). A unit whose two files exist is skipped on re-run.
 2. assemble (one unit per output shard): the plan is every selected sample in input order (the
-   order of ``shards`` as given, a folder's tars sorted by name), then tar order within a shard;
+   order of ``data`` as given, a folder's tars sorted by name), then tar order within a shard;
    a key found in several inputs is written once, from its first input. Output shard j holds
    plan rows ``[j * per_shard, (j + 1) * per_shard)``: ``{j:05d}.tar`` (the samples' original
    members, headers and bytes unchanged), ``{j:05d}.parquet`` and ``{j:05d}_stats.json``
@@ -73,15 +73,15 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from oodlab.data.shard_writer import shard_complete
+from oodlab.data.sources import shard_paths
+from oodlab.data.tarindex import index_tar
 from oodlab.subsets.copyshard import RECOMPUTED_STATS, SOURCE_COLUMN, ShardPlan, write_shard
 from oodlab.subsets.keylists import read_keys
-from oodlab.data.tarindex import index_tar
 from oodlab.subsets.uids import key_uids, openclip_args
-from oodlab.utils.atomic import atomic_path, read_json, remove_stale_temporaries, save_npy, write_json, write_parquet
+from oodlab.utils.atomic import atomic_path, read_json, save_npy, write_json, write_parquet
 from oodlab.utils.errors import IncompatibleError, InputError
-from oodlab.utils.manifest import MANIFEST_NAME, read_manifest, write_manifest
-from oodlab.utils.patterns import expand_paths
 from oodlab.utils.progress import Timer, progress, summary
+from oodlab.utils.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +91,6 @@ MANIFEST_MISSING = 1000
 
 
 # -- inputs ----------------------------------------------------------------------------------
-def resolve_shards(shards: Sequence[str | Path]) -> list[Path]:
-    """Input tars in the given order: paths, brace patterns, globs, or folders (their ``*.tar``
-    sorted by name)."""
-    if not shards:
-        raise InputError(None, "no input shards given", "pass --shards DIR or --shards 'pool/{00000..00099}.tar'")
-    out: list[Path] = []
-    for item in expand_paths(shards):
-        if item.is_dir():
-            tars = sorted(item.glob("*.tar"))
-            if not tars:
-                raise InputError(item, "holds no .tar shard", "pass the folder of the webdataset shards")
-            out.extend(tars)
-        else:
-            out.append(item)
-    if len(set(out)) != len(out):
-        raise InputError(None, "an input shard is given twice", "pass each shard once")
-    return out
-
-
 def requested_keys(keys: str | Path) -> tuple[list[str], dict[str, int]]:
     """(unique keys in first-occurrence order, {key: count} of the keys given more than once)."""
     raw = read_keys(keys)
@@ -155,7 +136,7 @@ def scan_input(task: tuple[int, str, str, str]) -> int:
     keys = [k.decode("utf-8", "surrogateescape") for k in index.keys[selected].tolist()]
     write_parquet(rows_path(index_path), input_rows(Path(tar), keys, captions))
     stats = json.dumps(input_run_fields(Path(tar))).encode("utf-8")
-    with atomic_path(index_path) as tmp, open(tmp, "wb") as f:  # no fsync: survives kills, not power loss
+    with atomic_path(index_path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f, keys=index.keys[selected], offsets=offsets, starts=index.start[members], ends=index.end[members],
             stats=np.frombuffer(stats, np.uint8), samples=np.int64(len(index)),
@@ -284,7 +265,7 @@ class _Runner:
     def run(self, fn: Callable[[Any], Any], tasks: list[Any], description: str, unit: str) -> list[Any]:
         results: list[Any] = []
         with progress(description, total=len(tasks), unit=unit) as advance:
-            if self.workers <= 1 or len(tasks) <= 1:
+            if self.workers == 0 or len(tasks) <= 1:  # one task gains nothing from a worker
                 for t in tasks:
                     results.append(fn(t))
                     advance(1)
@@ -308,7 +289,7 @@ class _Runner:
 # -- the stage --------------------------------------------------------------------------------
 def subset(
     keys: str | Path,
-    shards: Sequence[str | Path],
+    data: Sequence[str | Path],
     out: str | Path,
     *,
     per_shard: int = 10_000,
@@ -320,36 +301,35 @@ def subset(
 
     Args:
         keys: a key list: parquet with a ``key`` column (e.g. ``kept.parquet``) or ``.txt``.
-        shards: input tars, brace patterns, globs or folders of tars (in this order).
+        data: the input webdataset shards: tars, brace patterns, globs or folders of tars (in this
+            order; a shard reached twice is refused).
         out: output folder (``{00000..}.tar`` + parquet + stats, manifest and listings).
         per_shard: samples per output shard (the last may hold fewer).
-        workers: processes for the scan and assemble phases (the output does not depend on it).
+        workers: processes for the scan and assemble phases (0: in this process; the output does
+            not depend on it).
         verify: index every written tar again and check it holds exactly the planned samples.
-        overwrite: delete ``out`` first instead of resuming or returning a completed run.
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         the manifest.
     """
-    if per_shard < 1 or workers < 1:
-        raise InputError(None, "per_shard and workers must be >= 1", None)
-    out = Path(out)
-    inputs_list = resolve_shards(shards)
+    if per_shard < 1 or workers < 0:
+        raise InputError(None, "per_shard must be >= 1 and workers >= 0", None)
+    inputs_list = shard_paths(data)
     unique, duplicates = requested_keys(keys)
     requested = np.sort(np.array([k.encode("utf-8", "surrogateescape") for k in unique], dtype=bytes)) if unique else np.zeros(0, "S1")
-    run = {
-        "inputs": {"keys": str(keys), "keys_sha256": hashlib.sha256(b"\n".join(requested.tolist())).hexdigest(),
-                   "shards": [str(p) for p in inputs_list]},
-        "parameters": {"per_shard": per_shard, "verify": verify},
-    }
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    done = _check_previous(out, run)
-    if done is not None:
-        return done
+    run = RunFolder(out, "subset",
+                    inputs={"keys": str(keys), "keys_sha256": hashlib.sha256(b"\n".join(requested.tolist())).hexdigest(),
+                            "data": [str(p) for p in inputs_list]},
+                    parameters={"per_shard": per_shard, "verify": verify}, settings={"workers": workers},
+                    reads=[keys, *inputs_list])
+    done = run.open(overwrite)
+    out = run.out
     staging = out / STAGING
+    if done is not None:
+        shutil.rmtree(staging, ignore_errors=True)  # killed between the manifest and the cleanup
+        return done
     (staging / "index").mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
-    write_json(staging / "run.json", run)
     save_npy(staging / "requested.npy", requested)
 
     with Timer() as timer, _Runner(workers) as runner:
@@ -387,8 +367,8 @@ def subset(
         "output_bytes": tar_bytes,
         **counts,
     }
-    write_manifest(
-        out, "subset", inputs=run["inputs"], parameters=run["parameters"], counts=manifest_counts,
+    manifest = run.finish(
+        counts=manifest_counts,
         outputs={"shards": f"{{{names[0]}..{names[-1]}}}.tar" if names else None, "written": "written.parquet",
                  "missing": "missing.parquet", "duplicates": "duplicates.parquet", "openclip": "openclip.json",
                  "uids": "uids.npy", "missing_keys": missing[:MANIFEST_MISSING],
@@ -401,24 +381,7 @@ def subset(
         f"({len(missing)} missing, {len(duplicates)} keys requested twice or more, {plan.source_duplicates} found in several inputs) "
         f"in {timer.seconds:.1f} s ({rate:,.0f} samples/s, {tar_bytes / max(timer.seconds, 1e-9) / 1e6:,.1f} MB/s) -> {out}"
     )
-    return read_manifest(out)
-
-
-def _check_previous(out: Path, run: dict[str, Any]) -> dict[str, Any] | None:
-    """The manifest of a completed identical run (or None); refuse a folder of another run."""
-    if (out / MANIFEST_NAME).exists():
-        manifest = read_manifest(out)
-        if {"inputs": manifest.get("inputs"), "parameters": manifest.get("parameters")} == run:
-            shutil.rmtree(out / STAGING, ignore_errors=True)  # killed between the manifest and the cleanup
-            summary(f"subset: {out} is already complete ({manifest['counts']['written']} samples)")
-            return manifest
-        raise IncompatibleError(out, "holds a subset made from other keys, shards or parameters", "choose a new --out or pass --overwrite")
-    previous = out / STAGING / "run.json"
-    if previous.exists() and read_json(previous) != run:
-        raise IncompatibleError(out, "holds an unfinished subset run with other inputs", "choose a new --out or pass --overwrite")
-    if out.exists() and any(out.glob("*.tar")) and not previous.exists():
-        raise IncompatibleError(out, "already holds tars that this run did not write", "choose a new --out or pass --overwrite")
-    return None
+    return manifest
 
 
 def _plan(inputs: list[Path], index_paths: list[Path]) -> Plan:

@@ -1,26 +1,23 @@
-"""Where a pruning rule reads the pool from, part by part.
+"""Where a pruning rule reads the pool from, part by part (a registry, :data:`SOURCE_KINDS`).
 
-- a ``neighbors`` output folder: ``train/part_{suffix}.parquet`` (key, ``max_sim__{eval}``,
-  ``argmax__{eval}``, and with thresholds ``margin__{eval}``, ``margin_argmax__{eval}``), aligned
-  with the training store's parts;
-- an embedding store: the key column of ``metadata/metadata_{suffix}.parquet``;
-- a key list (``.parquet`` with a ``key`` column, or ``.txt``).
+- ``neighbors``: a neighbours folder's per-training-part tables (key and the similarity columns,
+  :mod:`oodlab.similarity.layout`), aligned with the training store's parts;
+- ``store``: an embedding store: the keys of its parts;
+- ``keys``: a key list (``.parquet`` with a ``key`` column, or ``.txt``).
 
 Parts are read in numeric order of their suffix, rows in file order: this "training order" is what
-every deterministic tie-break refers to. A source is picked by what the path is (a small registry
-of detectors), never by a flag.
+every deterministic tie-break refers to. The caller says which kind a path is (``--neighbors``,
+``--store``, ``--keys``); it is checked, never guessed.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+from oodlab.similarity.layout import MAX_SIM, NeighborsFolder, sets_with
 from oodlab.utils.errors import InputError
-
-_PART_RX = re.compile(r"^part_(\d+)\.parquet$")
 
 
 @dataclass
@@ -44,24 +41,16 @@ class PartSource:
 def _neighbors_source(path: Path) -> PartSource:
     import pyarrow.parquet as pq
 
-    found = []
-    train = path / "train"
-    for p in train.iterdir() if train.is_dir() else []:
-        m = _PART_RX.match(p.name)
-        if m:
-            found.append((int(m.group(1)), p))
-    if not found:
-        raise InputError(train, "holds no part_*.parquet", "run `oodlab neighbors` to completion first")
-    found.sort()
-    parts = [p for _, p in found]
-    if not (path / "manifest.json").exists():
-        raise InputError(path, "has no manifest.json: the neighbors run did not finish", "re-run `oodlab neighbors` with the same arguments (it resumes)")
+    folder = NeighborsFolder(path)
+    folder.manifest()  # refuses an unfinished run
+    parts = folder.train_parts()
+    if not parts:
+        raise InputError(path, "holds no per-training-part tables", "run `oodlab neighbors` to completion first")
     columns = pq.ParquetFile(parts[0]).schema_arrow.names
 
     def read(cols: Sequence[str]) -> Iterator[Any]:
         for p in parts:
-            table = pq.read_table(p, columns=list(cols))
-            yield table
+            yield pq.read_table(p, columns=list(cols))
 
     return PartSource(path=path, kind="neighbors", columns=columns, read=read)
 
@@ -98,41 +87,29 @@ def _keylist_source(path: Path) -> PartSource:
     return PartSource(path=path, kind="keys", columns=["key"], read=read)
 
 
-#: (detector, constructor): the first whose detector accepts the path builds the source
-DETECTORS: list[tuple[Callable[[Path], bool], Callable[[Path], PartSource]]] = [
-    (lambda p: p.is_dir() and (p / "train").is_dir(), _neighbors_source),
-    (lambda p: p.is_dir() and (p / "img_emb").is_dir(), _store_source),
-    (lambda p: p.is_file() and p.suffix in (".parquet", ".txt"), _keylist_source),
-]
+#: source kind -> constructor
+SOURCE_KINDS: dict[str, Callable[[Path], PartSource]] = {
+    "neighbors": _neighbors_source,
+    "store": _store_source,
+    "keys": _keylist_source,
+}
 
 
-def open_source(path: str | Path, *, kinds: Sequence[str] = ("neighbors", "store", "keys")) -> PartSource:
-    """Open ``path`` as a pool source of one of ``kinds``.
+def open_source(path: str | Path, kind: str) -> PartSource:
+    """Open ``path`` as a pool source of ``kind`` (see :data:`SOURCE_KINDS`).
 
     Raises:
-        InputError: the path does not exist, is none of the accepted kinds.
+        InputError: the path does not exist or is not of that kind.
     """
     path = Path(path)
     if not path.exists():
-        raise InputError(path, "not found", "pass a neighbors output folder, an embedding store or a key list")
-    for detect, build in DETECTORS:
-        if detect(path):
-            source = build(path)
-            if source.kind not in kinds:
-                break
-            return source
-    wanted = {"neighbors": "an `oodlab neighbors` output folder", "store": "an embedding store", "keys": "a key list (.parquet/.txt)"}
-    raise InputError(path, f"is not {' or '.join(wanted[k] for k in kinds)}", "pass the folder written by `oodlab neighbors --out`")
+        raise InputError(path, "not found", f"pass an existing {kind} path")
+    return SOURCE_KINDS[kind](path)
 
 
 def require_columns(source: PartSource, columns: Sequence[str], fix: str) -> None:
-    """Raise a clear error naming the missing columns of a neighbors folder."""
+    """Raise a clear error naming the missing columns of a neighbours folder."""
     missing = [c for c in columns if c not in source.columns]
     if missing:
-        have = sorted({c.split("__", 1)[1] for c in source.columns if c.startswith("max_sim__")})
+        have = sets_with(source.columns, MAX_SIM)
         raise InputError(source.path, f"has no column(s) {missing} (eval sets there: {have})", fix)
-
-
-def eval_names(source: PartSource) -> list[str]:
-    """The eval sets of a neighbors folder, in column order."""
-    return [c.split("__", 1)[1] for c in source.columns if c.startswith("max_sim__")]

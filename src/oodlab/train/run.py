@@ -248,4 +248,4 @@ def train(
     summary(f"train: {cfg.model} on {shards.count} samples x {cfg.epochs} epochs, batch {cfg.batch_size} "
             f"({cfg.samples_seen()} samples seen): {how}"
             f"{'' if loss is None else f', last loss {loss:.3f}'} -> {out} (epoch_0..{cfg.epochs})")
-    return read_json(manifest)
+    return manifest

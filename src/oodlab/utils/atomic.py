@@ -1,7 +1,17 @@
-"""Atomic file writes: write to a hidden temporary name in the same folder, then rename.
+"""Atomic file writes: the one way oodlab writes a file.
 
-A killed process therefore never leaves a half-written file under the final name, and readers
-that glob for final names (``img_emb_*.npy``, ``*.tar``) never see temporaries.
+Every file is written under a hidden temporary name in its final folder and renamed into place when complete; on error the temporary
+is removed. :class:`PendingPath` is the mechanism, :func:`atomic_path` / :func:`atomic_open` and
+the ``write_*`` / ``save_*`` helpers are its forms.
+
+The guarantee, the same for every file: **a process killed at any point (kill -9, out of memory,
+Ctrl-C) never leaves a file under its final name that is not complete**, and readers that glob
+for final names (``img_emb_*.npy``, ``*.tar``) never see temporaries; a re-run removes the
+temporaries a killed run left (:func:`remove_stale_temporaries`). Files are **not fsynced**: after
+an operating-system crash or a power loss, files written in the last seconds may be missing or
+empty although their names exist; re-run the stage with ``--overwrite`` then. Why: an fsync made
+writing a 5 MB shard 2.4x slower here (20 vs 8.5 ms), and every stage can be re-run from its
+inputs, so durability against power loss is not worth that on every file.
 """
 
 from __future__ import annotations
@@ -9,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import uuid
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -18,34 +29,60 @@ import numpy as np
 TMP_MARK = ".oodlab-tmp-"
 
 
-def temp_path_for(path: Path) -> Path:
-    """A unique hidden temporary name next to ``path``."""
+def temp_path_for(path: str | Path) -> Path:
+    """A unique hidden temporary name next to ``path`` (recognised by :func:`remove_stale_temporaries`)."""
+    path = Path(path)
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+class PendingPath:
+    """A file being written under a temporary name until :meth:`commit`.
+
+    ``tmp`` is where to write; :meth:`commit` renames it to ``path`` (replacing what is there),
+    :meth:`discard` removes it. Used as a context manager it commits when the block succeeds and
+    discards when it raises.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = temp_path_for(self.path)
+        self._open = True
+
+    def commit(self) -> Path:
+        """Rename the temporary into place (replacing a file of that name)."""
+        if self._open:
+            os.replace(self.tmp, self.path)
+            self._open = False
+        return self.path
+
+    def discard(self) -> None:
+        if self._open:
+            self.tmp.unlink(missing_ok=True)
+            self._open = False
+
+    def __enter__(self) -> "PendingPath":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.discard()
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path; on success it is renamed to ``path``, on error removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_for(path)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    """Yield a temporary path to write; it becomes ``path`` when the block succeeds."""
+    with PendingPath(path) as pending:
+        yield pending.tmp
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
-    """Open a file for writing under a temporary name; rename it into place on success."""
-    with atomic_path(path) as tmp:
-        with open(tmp, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+    """Open a file for writing under a temporary name; it becomes ``path`` when the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
+        yield handle
 
 
 class CommitOnExit:
@@ -75,9 +112,22 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+def as_json(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists, paths strings, numpy scalars numbers):
+    the form to compare with what a file holds."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8, line ends as given), atomically."""
+    with atomic_open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    return Path(path)
 
 
 def save_npy(path: str | Path, array: np.ndarray) -> None:
@@ -105,8 +155,6 @@ def remove_stale_temporaries(folder: str | Path) -> int:
     Returns:
         how many were removed.
     """
-    import shutil
-
     folder = Path(folder)
     if not folder.exists():
         return 0

@@ -40,11 +40,11 @@ def build_manifest(
     return manifest
 
 
-def write_manifest(folder: str | Path, stage: str, *, name: str = MANIFEST_NAME, **fields: Any) -> Path:
-    """Build and atomically write a manifest to ``folder/name``. Returns its path."""
-    path = Path(folder) / name
-    write_json(path, build_manifest(stage, **fields))
-    return path
+def write_manifest(folder: str | Path, stage: str, *, name: str = MANIFEST_NAME, **fields: Any) -> dict[str, Any]:
+    """Build and atomically write a manifest to ``folder/name``. Returns the manifest written."""
+    manifest = build_manifest(stage, **fields)
+    write_json(Path(folder) / name, manifest)
+    return manifest
 
 
 def read_manifest(folder: str | Path, name: str = MANIFEST_NAME) -> dict[str, Any]:

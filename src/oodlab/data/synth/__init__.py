@@ -9,6 +9,6 @@ and :mod:`~oodlab.data.synth.classes` (objects as compositions of parts),
 """
 
 from oodlab.data.synth.config import PRESETS, WorldConfig
-from oodlab.data.synth.world import generate_world
+from oodlab.data.synth.world import synth
 
-__all__ = ["PRESETS", "WorldConfig", "generate_world"]
+__all__ = ["PRESETS", "WorldConfig", "synth"]

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
-import os
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -46,16 +44,17 @@ from oodlab.data.synth.plan import (
     eval_dataset,
     wnid,
 )
-from oodlab.utils.atomic import atomic_path, temp_path_for, write_json
+from oodlab.utils.atomic import atomic_path, read_json, write_json, write_text
 from oodlab.utils.errors import InputError
-from oodlab.utils.manifest import write_manifest
 from oodlab.utils.progress import Timer, progress, summary
+from oodlab.utils.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
 #: Bumped whenever a change to the drawing or the layout changes the generated files.
 GENERATOR_VERSION = "1"
 GROUND_TRUTH = "ground_truth.parquet"
+WORLD_JSON = "world.json"
 CONTACT_SHEET = "contact_sheet.png"
 
 #: Columns of the pool's parquet files (and fields of each sample's json).
@@ -198,7 +197,7 @@ def _run_in_worker(task: Task) -> list[dict[str, Any]]:
 
 def _results(plan: WorldPlan, root: Path, tasks: list[Task], workers: int) -> Iterator[list[dict[str, Any]]]:
     """Each task's rows, in task order."""
-    if workers == 1:
+    if workers == 0:
         for task in tasks:
             yield _run_task(plan, root, task)
         return
@@ -222,20 +221,6 @@ def _configure(preset: str, rendition_share: float | None, duplicate_share: floa
                              "pass a small fraction such as 0.03")
         config = replace(config, duplicate_share=float(duplicate_share))
     return config
-
-
-def _commit(tmp: Path, out: Path) -> None:
-    """Move the finished world into place, replacing ``out`` (if any) last."""
-    if not out.exists():
-        os.replace(tmp, out)
-        return
-    old = temp_path_for(out)
-    os.replace(out, old)
-    os.replace(tmp, out)
-    if old.is_dir():
-        shutil.rmtree(old)
-    else:
-        old.unlink()
 
 
 def _world_json(plan: WorldPlan, counts: Counter, pool_domains: Counter) -> dict[str, Any]:
@@ -315,80 +300,68 @@ def _generate(plan: WorldPlan, root: Path, workers: int) -> tuple[Counter, Count
     return counts, pool_domains
 
 
-def generate_world(
+def synth(
     out: str | Path,
     *,
     preset: str = "default",
     seed: int = 0,
-    workers: int | None = None,
+    workers: int = 1,
     rendition_share: float | None = None,
     duplicate_share: float | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Generate the synthetic world of ``preset`` and ``seed`` into the folder ``out``.
+    """Generate the synthetic world: pool shards, ImageNet-like train/eval folders, DomainNet.
 
     Layout under ``out``: ``pool/`` (webdataset shards ``{00000..}.tar`` with ``KEY.jpg``,
     ``KEY.txt``, ``KEY.json``, one parquet and ``_stats.json`` per shard), ``imagenet-train/``
     and ``eval/{val,v2,sketch,r,a,objectnet}/`` (ImageFolder, wnid folders), ``domainnet/``
     (``{domain}/{class}/{file}.jpg`` with ``{domain}_{train,test}.txt``), ``ground_truth.parquet``
-    (one row per image of every dataset), ``world.json``, ``manifest.json`` and
-    ``contact_sheet.png``. Images are square RGB JPEGs of the preset's ``image_size`` px.
+    (one row per image of every dataset), ``world.json``, ``contact_sheet.png``, ``run.json`` and
+    ``manifest.json`` (written last). Images are square RGB JPEGs of the preset's ``image_size`` px.
 
     The files are byte-identical for the same preset, seed and overrides, whatever ``workers``.
-    Workers are spawned processes: a script that calls this with ``workers`` > 1 needs the usual
-    ``if __name__ == "__main__":`` guard.
+    Workers are spawned processes: a script that calls this with ``workers`` >= 1 needs the usual
+    ``if __name__ == "__main__":`` guard. A killed run re-run writes the world again.
 
     Args:
-        out: the world folder; must not exist or be empty unless ``overwrite``.
-        preset: a key of :data:`PRESETS`.
-        seed: the world's seed.
-        workers: processes (None: ``os.cpu_count()``; 1: run in this process).
+        out: the world folder.
+        preset: a key of :data:`PRESETS` (tiny: tests, small, default: the demo).
+        seed: the world's seed; the same seed gives byte-identical files.
+        workers: processes drawing images (0: all in this process).
         rendition_share: fraction of non-``real`` pool images, in [0, 1] (None: the preset's).
         duplicate_share: planted near-duplicate copies as a fraction of the pool, in [0, 0.5] (None: the preset's).
-        overwrite: replace an existing ``out`` (only once the new world is complete).
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
         The ``world.json`` dict.
 
     Raises:
-        InputError: unknown preset, an override out of range, bad ``workers``, or ``out`` exists.
+        InputError: unknown preset, an override out of range, bad ``workers``, or ``out`` holds
+            something else.
     """
-    out = Path(out)
     config = _configure(preset, rendition_share, duplicate_share)
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if not isinstance(workers, int) or workers < 1:
-        raise InputError(None, f"workers={workers!r} is not a positive integer", "pass workers >= 1")
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(out, "already exists", "pass overwrite=True or choose another folder")
+    if not isinstance(workers, int) or workers < 0:
+        raise InputError(None, f"workers={workers!r} is not an integer >= 0", "pass workers >= 0")
+    run = RunFolder(out, "synth", inputs={},
+                    parameters={"preset": preset, "seed": seed, "rendition_share": config.rendition_share,
+                                "duplicate_share": config.duplicate_share}, settings={"workers": workers})
+    if run.open(overwrite) is not None:
+        return read_json(run.out / WORLD_JSON)
+    root = run.out
     plan = build_plan(config, seed)
-    tmp = temp_path_for(out)
-    tmp.mkdir(parents=True)
-    try:
-        with Timer() as timer:
-            counts, pool_domains = _generate(plan, tmp, workers)
-            domainnet = plan.layouts[DOMAINNET]
-            for domain in DOMAIN_NAMES:
-                for split in ("train", "test"):
-                    with atomic_path(tmp / DOMAINNET / f"{domain}_{split}.txt") as path:
-                        path.write_text("".join(f"{line}\n" for line in domainnet.list_lines(domain, split)))
-            world = _world_json(plan, counts, pool_domains)
-            write_json(tmp / "world.json", world)
-            write_manifest(
-                tmp,
-                "synth.generate_world",
-                inputs={},
-                parameters={"preset": preset, "seed": seed, "rendition_share": config.rendition_share,
-                            "duplicate_share": config.duplicate_share},
-                counts=dict(counts),
-                outputs={"world": "world.json", "ground_truth": GROUND_TRUTH, "contact_sheet": CONTACT_SHEET},
-            )
-            write_contact_sheet(tmp, plan, tmp / CONTACT_SHEET)
-        _commit(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with Timer() as timer:
+        counts, pool_domains = _generate(plan, root, workers)
+        domainnet = plan.layouts[DOMAINNET]
+        for domain in DOMAIN_NAMES:
+            for split in ("train", "test"):
+                write_text(root / DOMAINNET / f"{domain}_{split}.txt",
+                           "".join(f"{line}\n" for line in domainnet.list_lines(domain, split)))
+        world = _world_json(plan, counts, pool_domains)
+        write_json(root / WORLD_JSON, world)
+        write_contact_sheet(root, plan, root / CONTACT_SHEET)
+        run.finish(counts=dict(counts), outputs={"world": WORLD_JSON, "ground_truth": GROUND_TRUTH,
+                                                  "contact_sheet": CONTACT_SHEET})
     parts = ", ".join(f"{name} {n}" for name, n in counts.items())
     summary(f"synth world '{preset}' (seed {seed}): {sum(counts.values())} images ({parts}), "
-            f"{len(plan.pool_copies)} planted near-duplicates, {timer.seconds:.1f} s -> {out}")
-    log.info("wrote world %s", out)
+            f"{len(plan.pool_copies)} planted near-duplicates, {timer.seconds:.1f} s -> {root}")
     return world

@@ -19,12 +19,15 @@ under ``OUT``; each tool skips work that is complete, so an interrupted demo re-
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from oodlab.utils.atomic import read_json, write_json
+from oodlab.utils.errors import InputError
 from oodlab.utils.progress import Timer, console, summary
+from oodlab.utils.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,6 @@ class DemoContext:
     out: Path
     preset: str
     seed: int
-    workers: int | None
     model: str
     epochs: int | None
     experiment_epochs: int | None
@@ -61,53 +63,48 @@ class DemoContext:
     def neighbors(self) -> Path:
         return self.out / "neighbors"
 
-    @property
-    def checkpoint(self) -> Path:
-        from oodlab.models.checkpoints import final_checkpoint
-
-        return final_checkpoint(self.model_run)
-
 
 def stage_world(ctx: DemoContext) -> dict[str, Any]:
-    from oodlab.data.synth import generate_world
+    from oodlab.data.synth import synth
 
-    if not (ctx.world / "world.json").exists():
-        generate_world(ctx.world, preset=ctx.preset, seed=ctx.seed, workers=ctx.workers)
-    world = read_json(ctx.world / "world.json")
-    return {"world": str(ctx.world), "contact_sheet": str(ctx.world / "contact_sheet.png"), "counts": world.get("counts")}
+    # world generation is the one stage that scales with the cores at no cost to the others
+    world = synth(ctx.world, preset=ctx.preset, seed=ctx.seed, workers=os.cpu_count() or 1)
+    counts = {name: dataset["count"] for name, dataset in world["datasets"].items()}
+    return {"world": str(ctx.world), "contact_sheet": str(ctx.world / "contact_sheet.png"), "counts": counts}
 
 
 def stage_model(ctx: DemoContext) -> dict[str, Any]:
     from oodlab.evaluation.evaluate import evaluate
+    from oodlab.models.checkpoints import final_checkpoint
     from oodlab.train.run import train
 
-    manifest = train(ctx.world / "pool", ctx.model, ctx.model_run, epochs=ctx.epochs, seed=ctx.seed)
-    results = evaluate(ctx.model, ctx.checkpoint, {"val": ctx.world / "eval" / "val"}, ctx.model_run / "eval")
+    train([ctx.world / "pool"], ctx.model_run, model=ctx.model, epochs=ctx.epochs, seed=ctx.seed)
+    checkpoint = final_checkpoint(ctx.model_run)
+    results = evaluate(checkpoint, {"val": ctx.world / "eval" / "val"}, ctx.model_run / "eval", model=ctx.model)
     top1 = results["datasets"]["val"]["metrics"]["acc1"][-1]
-    return {"run": str(ctx.model_run), "checkpoint": str(ctx.checkpoint), "config": str(ctx.model_run / "config.json"),
+    return {"run": str(ctx.model_run), "checkpoint": str(checkpoint), "config": str(ctx.model_run / "config.json"),
             "val_top1": top1}
 
 
 def stage_embed(ctx: DemoContext) -> dict[str, Any]:
     from oodlab.embeddings.embed import embed
-    from oodlab.embeddings.validate import validate_store
+    from oodlab.embeddings.validate import store_validate
 
     jobs = {"pool": ctx.world / "pool", "imagenet-train": ctx.world / "imagenet-train"}
     jobs.update({name: ctx.world / "eval" / name for name in EVAL_SETS})
     rows, problems = {}, {}
     for name, source in jobs.items():
-        sidecar = embed([source], ctx.store(name), model=ctx.model, checkpoint=ctx.checkpoint, text=name == "pool",
-                        workers=1)
+        sidecar = embed([source], ctx.store(name), model=ctx.model, checkpoint=ctx.model_run, text=name == "pool")
         rows[name] = sidecar["count"]
-        problems[name] = validate_store(ctx.store(name))
+        problems[name] = store_validate(ctx.store(name))
     return {"stores": str(ctx.out / "stores"), "rows": rows, "validation_problems": problems}
 
 
 def stage_neighbors(ctx: DemoContext) -> dict[str, Any]:
     from oodlab.similarity.neighbors import neighbors
 
-    neighbors(ctx.store("pool"), {name: ctx.store(name) for name in EVAL_SETS}, ctx.neighbors, k=10,
-              reference={"imagenet-train": ctx.store("imagenet-train")})
+    neighbors(ctx.store("pool"), {name: ctx.store(name) for name in EVAL_SETS}, ctx.neighbors,
+              reference_stores={"imagenet-train": ctx.store("imagenet-train")})
     found, planted = planted_duplicates_recovered(ctx.world, ctx.neighbors, EVAL_SETS)
     summary(f"planted near-duplicates recovered as their test image's nearest pool neighbour: {found} of {planted}")
     return {"neighbors": str(ctx.neighbors), "planted_duplicates": planted, "recovered_as_top1": found}
@@ -117,12 +114,14 @@ def planted_duplicates_recovered(world: Path, neighbors: Path, eval_sets: tuple[
     """(test images whose nearest pool neighbour is one of their planted copies, planted test images)."""
     import pyarrow.parquet as pq
 
+    from oodlab.similarity.layout import NeighborsFolder
+
     truth = pq.read_table(world / "ground_truth.parquet",
                           columns=["dataset", "key", "near_duplicate_dataset", "near_duplicate_key"]).to_pandas()
     copies = truth[(truth.dataset == "pool") & truth.near_duplicate_key.notna()]
     found = planted = 0
     for name in eval_sets:
-        top = pq.read_table(neighbors / "eval" / f"{name}.parquet", columns=["query_key", "rank", "train_key"]).to_pandas()
+        top = pq.read_table(NeighborsFolder(neighbors).eval_file(name), columns=["query_key", "rank", "train_key"]).to_pandas()
         top1 = dict(zip(top.query_key[top["rank"] == 0], top.train_key[top["rank"] == 0]))
         for test_key, group in copies[copies.near_duplicate_dataset == f"eval/{name}"].groupby("near_duplicate_key"):
             planted += 1
@@ -131,18 +130,18 @@ def planted_duplicates_recovered(world: Path, neighbors: Path, eval_sets: tuple[
 
 
 def stage_similarity(ctx: DemoContext) -> dict[str, Any]:
-    from oodlab.analysis.gallery import neighbor_gallery
+    from oodlab.analysis.gallery import similarity_gallery
     from oodlab.analysis.report import similarity_report
-    from oodlab.similarity.index import build_index, search_index
+    from oodlab.similarity.index import index_build, index_search
 
     report = ctx.out / "similarity"
-    similarity_report({"pool": ctx.neighbors, "imagenet-train": ctx.neighbors / "thresholds"}, report / "gap")
-    neighbor_gallery(ctx.neighbors, "sketch", eval_source=ctx.world / "eval" / "sketch", train_source=ctx.world / "pool",
-                     out=report / "gallery", queries=8, k=5, seed=ctx.seed)
-    built = build_index(ctx.store("pool"), ctx.out / "index", recall_queries=200)
-    searched = search_index(ctx.out / "index", ctx.store("val"), report / "ann-val", k=10, recall_queries=200)
-    return {"gap": str(report / "gap"), "gallery": str(report / "gallery" / "index.html"),
-            "index": built.get("index"), "ann_recall_at_10": searched.get("recall")}
+    similarity_report([ctx.neighbors], report / "gap", bins=50)
+    similarity_gallery(ctx.neighbors, {"sketch": ctx.world / "eval" / "sketch"}, [ctx.world / "pool"], report / "gallery",
+                       queries=8, k=5, seed=ctx.seed)
+    built = index_build(ctx.store("pool"), ctx.out / "index", recall_queries=200)
+    searched = index_search(ctx.out / "index", {"val": ctx.store("val")}, report / "ann-val", recall_queries=200)
+    return {"gap": str(report / "gap"), "gallery": str(report / "gallery" / "sketch" / "index.html"),
+            "index": built.get("index"), "ann_recall_at_10": searched["recall"]["val"]}
 
 
 def stage_dedup(ctx: DemoContext) -> dict[str, Any]:
@@ -154,13 +153,14 @@ def stage_dedup(ctx: DemoContext) -> dict[str, Any]:
 
 
 def stage_experiment(ctx: DemoContext) -> dict[str, Any]:
-    from oodlab.experiments.similarity import read_table, similarity_experiment
+    from oodlab.experiments.similarity import experiment_similarity
 
     out = ctx.out / "experiment"
-    manifest = similarity_experiment(ctx.world / "pool", ctx.neighbors,
+    # 1,000 samples per shard: the pruned pools get several shards each, as the demo always had
+    manifest = experiment_similarity([ctx.world / "pool"], ctx.neighbors,
                                      {name: ctx.world / "eval" / name for name in EVAL_SETS}, out, model=ctx.model,
-                                     epochs=ctx.experiment_epochs, seed=ctx.seed, parallel=2)
-    console.print(read_table(out), soft_wrap=True, markup=False)
+                                     epochs=ctx.experiment_epochs, seed=ctx.seed, per_shard=1000, parallel=2)
+    console.print(manifest["table_md"], soft_wrap=True, markup=False)
     return {"table": str(out / "table.md"), "rows": manifest["table"]}
 
 
@@ -174,52 +174,62 @@ STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "dedup": stage_dedup,
     "experiment": stage_experiment,
 }
+RESULTS = "demo.json"
 
 
-def run_demo(
-    out: str | Path = "demo-out",
+def demo(
+    out: str | Path,
     *,
     preset: str = "default",
     seed: int = 0,
-    workers: int | None = None,
     model: str = "tiny-vit",
     epochs: int | None = None,
     experiment_epochs: int | None = 4,
-    stages: list[str] | None = None,
+    stages: Sequence[str] | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the pipeline's stages on a synthetic world under ``out`` and write ``out/demo.json``.
+    """Run the whole pipeline on the synthetic world and say where the outputs are.
 
     Args:
-        out: output folder (re-running continues an interrupted demo).
+        out: output folder (``demo.json`` collects every stage's results; re-running continues
+            an interrupted demo).
         preset: synthetic world size (``tiny``, ``small``, ``default``).
         seed: seed of the world and of training.
-        workers: processes for world generation (default: all cores).
         model: the CLIP architecture used throughout.
-        epochs: training epochs of the similarity model (None: the model's default: about 3
-            minutes and >= 60% zero-shot top-1 on val for the tiny models).
+        epochs: training epochs of the similarity model (None: the model's default for the
+            pool's size: about 3 minutes and >= 60% zero-shot top-1 on val for the tiny models).
         experiment_epochs: training epochs of each of the experiment's 11 runs (None: the
             model's default). The default of 4 keeps the demo under 15 minutes on 2 cores.
         stages: run only these stages (default: all, in order; later stages need earlier ones).
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
     Returns:
-        per-stage results (also in ``out/demo.json``).
+        the results of every stage (also in ``out/demo.json``).
     """
-    ctx = DemoContext(Path(out), preset, seed, workers, model, epochs, experiment_epochs)
-    ctx.out.mkdir(parents=True, exist_ok=True)
-    chosen = stages or list(STAGES)
-    unknown = set(chosen) - set(STAGES)
+    chosen = list(stages or STAGES)
+    unknown = sorted(set(chosen) - set(STAGES))
     if unknown:
-        from oodlab.utils.errors import InputError
-
-        raise InputError(None, f"unknown demo stages {sorted(unknown)}", f"choose from {list(STAGES)}")
+        raise InputError(None, f"unknown demo stages {unknown}", f"choose from {list(STAGES)}")
+    run = RunFolder(out, "demo", inputs={}, parameters={"preset": preset, "seed": seed, "model": model, "epochs": epochs,
+                                                        "experiment_epochs": experiment_epochs})
+    done = run.open(overwrite)
+    if done is not None and not stages:
+        return done["results"]
+    ctx = DemoContext(run.out, preset, seed, model, epochs, experiment_epochs)
+    results_path = run.out / RESULTS
+    ctx.results = read_json(results_path) if results_path.exists() else {}
     with Timer() as total:
         for name in chosen:
             with Timer() as t:
                 ctx.results[name] = STAGES[name](ctx)
             ctx.results[name]["seconds"] = round(t.seconds, 1)
+            write_json(results_path, ctx.results)
             summary(f"[bold green]demo[/] stage {name} done in {t.seconds:.1f} s")
     ctx.results["total_seconds"] = round(total.seconds, 1)
-    write_json(ctx.out / "demo.json", ctx.results)
-    summary(f"demo finished in {total.seconds:.0f} s; outputs under {ctx.out} (index: {ctx.out / 'demo.json'}; "
-            f"table: {ctx.out / 'experiment' / 'table.md'}; gallery: {ctx.out / 'similarity' / 'gallery' / 'index.html'})")
+    write_json(results_path, ctx.results)
+    if all(name in ctx.results for name in STAGES):
+        run.finish(counts={"stages": len(STAGES)}, outputs={"results": RESULTS}, results=ctx.results)
+    summary(f"demo finished in {total.seconds:.0f} s; outputs under {ctx.out} (index: {results_path}; "
+            f"table: {ctx.out / 'experiment' / 'table.md'}; "
+            f"gallery: {ctx.out / 'similarity' / 'gallery' / 'sketch' / 'index.html'})")
     return ctx.results
