@@ -6,8 +6,8 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory):
-    """A tiny synthetic world, generated once per session; tests only read it."""
+def tiny_world(tmp_path_factory):
+    """The tiny-preset synthetic world of seed 4 (folder), generated once per session; tests only read it."""
     from oodlab.data.synth import generate_world
 
     out = tmp_path_factory.mktemp("w") / "world"

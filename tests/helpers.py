@@ -63,6 +63,42 @@ def write_clip_retrieval_folder(root: Path, parts: list[np.ndarray], keys: list[
         pq.write_table(table, root / "metadata" / f"metadata_{i:0{width}d}.parquet")
 
 
+def zero_shot_reference(world: Path, checkpoint: Path, dataset: str, architecture: str = "tiny-vit") -> dict:
+    """Zero-shot logits of a synthetic world's ``dataset`` (``eval/val``) computed directly:
+    open_clip model + transform, torchvision ImageFolder, open_clip's zero-shot classifier builder
+    with the 80 OpenAI templates and the world's class names.
+
+    Returns:
+        {"keys": [n] paths relative to the dataset folder, "labels": int [n],
+         "logits": float32 [n, classes] (cosine similarities)}.
+    """
+    import open_clip
+    import torch
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    from torchvision.datasets import ImageFolder
+
+    from oodlab.models.registry import register_tiny_configs
+
+    register_tiny_configs()
+    model, _, preprocess = open_clip.create_model_and_transforms(architecture, pretrained=str(checkpoint))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(architecture)
+    info = json.loads((world / "world.json").read_text())
+    subset = info["datasets"][dataset]["classes"]
+    classes = [info["classes"][i] for i in subset]
+    folder = ImageFolder(str(world / dataset), transform=preprocess)
+    assert folder.classes == [c["wnid"] for c in classes]  # world wnids sort in index order
+    with torch.no_grad():
+        weights = open_clip.build_zero_shot_classifier(
+            model, tokenizer=tokenizer, classnames=[c["name"] for c in classes],
+            templates=OPENAI_IMAGENET_TEMPLATES, num_classes_per_batch=4, device="cpu", use_tqdm=False)
+        images = torch.stack([folder[i][0] for i in range(len(folder))])
+        feats = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        logits = (feats @ weights).numpy()
+    keys = [Path(p).relative_to(world / dataset).as_posix() for p, _ in folder.samples]
+    return {"keys": keys, "labels": np.array(folder.targets), "logits": logits}
+
+
 def kill_9_midway(cmd: list[str], progress, at_least: int, cwd: Path, timeout: float = 120.0) -> int:
     """Start ``cmd``, SIGKILL it once ``progress()`` (a count of completed units) reaches
     ``at_least``, and return the count found after the kill."""

@@ -149,42 +149,33 @@ def test_objectnet_subsample_is_wnid_folders_of_imagenet_classes(tmp_path):
     assert list(ds.classes.names) == [_openai_names()[409], _openai_names()[954]]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from oodlab.data.synth import generate_world
-
-    out = tmp_path_factory.mktemp("w") / "world"
-    generate_world(out, preset="tiny", seed=1, workers=1)
-    return out
-
-
-def test_world_sets_get_their_classes_from_world_json(world):
-    info = json.loads((world / "world.json").read_text())
+def test_world_sets_get_their_classes_from_world_json(tiny_world):
+    info = json.loads((tiny_world / "world.json").read_text())
     classes = info["classes"]
-    ds = load_dataset("val", world / "eval" / "val")
+    ds = load_dataset("val", tiny_world / "eval" / "val")
     assert ds.spec.name == "world:eval/val"
     assert list(ds.classes.ids) == [c["wnid"] for c in classes]
     assert list(ds.classes.names) == [c["name"] for c in classes]
-    truth = {r["key"]: r["class_index"] for r in _ground_truth(world, "eval/val")}
+    truth = {r["key"]: r["class_index"] for r in _ground_truth(tiny_world, "eval/val")}
     assert {k: ds.classes.ids[v] for k, v in _by_key(ds).items()} == {k: classes[i]["wnid"] for k, i in truth.items()}
     subset = info["datasets"]["eval/r"]["classes"]
-    r = load_dataset("r", world / "eval" / "r")
+    r = load_dataset("r", tiny_world / "eval" / "r")
     assert list(r.classes.ids) == [classes[i]["wnid"] for i in subset]
     # a name that is a registered spec does not override the world
-    sketch = load_dataset("dn-sketch", world / "domainnet" / "sketch_test.txt")
+    sketch = load_dataset("dn-sketch", tiny_world / "domainnet" / "sketch_test.txt")
     assert sketch.spec.name == "world:domainnet/sketch_test.txt" and len(sketch.templates) == 86
-    lines = (world / "domainnet" / "sketch_test.txt").read_text().split("\n")
+    lines = (tiny_world / "domainnet" / "sketch_test.txt").read_text().split("\n")
     expected = {p: int(lbl) for p, lbl in (line.split() for line in lines if line)}
     assert _by_key(sketch) == expected  # the world's list labels are its class indices
-    assert resolve_spec("v", world / "eval" / "v2", spec="world").name == "world:eval/v2"
+    assert resolve_spec("v", tiny_world / "eval" / "v2", spec="world").name == "world:eval/v2"
     with pytest.raises(InputError, match="not an evaluable dataset"):
-        load_dataset("pool", world / "pool")
+        load_dataset("pool", tiny_world / "pool")
 
 
-def _ground_truth(world: Path, dataset: str) -> list[dict]:
+def _ground_truth(root: Path, dataset: str) -> list[dict]:
     import pyarrow.parquet as pq
 
-    return [r for r in pq.read_table(world / "ground_truth.parquet").to_pylist() if r["dataset"] == dataset]
+    return [r for r in pq.read_table(root / "ground_truth.parquet").to_pylist() if r["dataset"] == dataset]
 
 
 def test_unknown_names_and_specs_are_clear_errors(tmp_path):

@@ -158,12 +158,49 @@ def test_dedup_ordered_blocks_agree():
         assert (got.kept == ref.kept).all() and (got.cause == ref.cause).all()
 
 
-def test_faiss_reseeds_empty_clusters_and_centroids_stay_unit():
+def _sizes(x, centroids):
+    """Cluster sizes int [k] of a brute-force float64 nearest-centroid assignment (ties -> lower)."""
+    cluster = np.argmax(x.astype(np.float64) @ centroids.astype(np.float64).T, axis=1)
+    return np.bincount(cluster, minlength=len(centroids))
+
+
+def _lloyd_without_reseeding(x, centroids, iterations):
+    """Spherical Lloyd iterations in float64 as faiss runs them minus ``split_clusters``: the
+    centroid of an empty cluster is the zero vector (faiss's ``compute_centroids``)."""
+    x, c = x.astype(np.float64), centroids.astype(np.float64)
+    for _ in range(iterations):
+        cluster = np.argmax(x @ c.T, axis=1)
+        c = np.zeros_like(c)
+        for j in np.unique(cluster):
+            c[j] = _unit(x[cluster == j].sum(axis=0))
+    return c
+
+
+def test_faiss_reseeds_empty_clusters():
     rng = np.random.default_rng(0)
-    sample = np.repeat(_unit(rng.standard_normal((5, 16))), 40, axis=0).astype(np.float32)
+    k = 8
+    points = _unit(rng.standard_normal((12, 16)))  # 12 >= k distinct points, 20 copies each
+    sample = np.repeat(points, 20, axis=0)[rng.permutation(240)].astype(np.float32)
+    init = train_centroids(sample, k, iterations=0, seed=1)  # faiss's initialisation: k sampled rows
+    assert np.allclose((init.astype(np.float64) @ points.T).max(axis=1), 1, atol=1e-6)
+    # some sampled rows are copies of one point: equal centroids, of which all but the first
+    # (ties -> lower index) start empty and stay empty unless something re-seeds them
+    assert len(np.unique(init.round(5), axis=0)) < k
+    assert (_sizes(sample, _lloyd_without_reseeding(sample, init, 10)) == 0).any()
+
+    trained = train_centroids(sample, k, iterations=10, seed=1)
+    assert (_sizes(sample, trained) > 0).all()
+    np.testing.assert_allclose(np.linalg.norm(trained.astype(np.float64), axis=1), 1, atol=1e-6)
+
+
+def test_fewer_distinct_points_than_clusters_leaves_finite_unit_centroids():
+    rng = np.random.default_rng(0)
+    points = _unit(rng.standard_normal((5, 16)))
+    sample = np.repeat(points, 40, axis=0).astype(np.float32)
     c = train_centroids(sample, 8, iterations=10, seed=1)  # 8 clusters, 5 distinct points
     assert np.isfinite(c).all()
-    np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(c.astype(np.float64), axis=1), 1, atol=1e-6)
+    assert np.count_nonzero(_sizes(sample, c)) == 5  # re-seeding gave every point its own cluster
 
 
 def test_keep_from_and_determinism(planted, tmp_path):
@@ -196,26 +233,39 @@ def test_quality_formula(planted, tmp_path):
     assert q["recall"] == (len(first_group) - 1) / (sizes - 1).sum()
 
 
-def test_tiny_world(tmp_path_factory):
-    from oodlab.data.synth import generate_world
+def test_tiny_world_removes_its_planted_copies_as_the_brute_force_greedy_does(tiny_world, tmp_path):
     from oodlab.embeddings.embed import embed
 
-    root = tmp_path_factory.mktemp("tinyworld")
-    generate_world(root / "world", preset="tiny", seed=0, workers=1)
-    embed([root / "world" / "pool"], root / "store", model="tiny-vit", workers=0)
-    manifest = dedup(root / "store", root / "dd", eps=0.002, clusters=4)
-    truth = pd.read_parquet(root / "world" / "ground_truth.parquet")
-    pool = truth[truth["dataset"] == "pool"].set_index("key")["duplicate_group"]
-    removed = pq.read_table(root / "dd" / "removed.parquet").column("key").to_pylist()
-    in_group = pool[removed].notna()
-    sizes = pool.dropna().groupby(pool.dropna()).size()
-    removed_per_group = pool[removed].dropna().groupby(pool[removed].dropna()).size()
-    recall = np.minimum(removed_per_group, sizes[removed_per_group.index] - 1).sum() / (sizes - 1).sum()
+    embed([tiny_world / "pool"], tmp_path / "store", model="tiny-vit", workers=0)
+    # A random-init tiny-vit puts pool images close together (unrelated pairs reach cosine 0.9998)
+    # and planted copies at 0.9986-0.9993 of their source: eps = 0.002 (threshold 0.998) removes
+    # every copy and many look-alikes (55 of 400 removed, among them all 3 removable copies).
+    eps = 0.002
+    manifest = dedup(tmp_path / "store", tmp_path / "dd", eps=eps, clusters=4)
+    E, keys = _stored(tmp_path / "store"), st.EmbeddingStore(tmp_path / "store").read_all()[1]
+    centroids = np.load(tmp_path / "dd" / "centroids.npy").astype(np.float64)
+    _, kept_ref, cause_ref = _brute(E, centroids, eps, "greedy")
+    kept, removed = _read(tmp_path / "dd")
+    assert (~kept_ref).sum() > 0
+    assert removed["key"].tolist() == keys[~kept_ref].tolist()
+    assert removed["cause_key"].tolist() == keys[cause_ref[~kept_ref]].tolist()
+    assert kept["key"].tolist() == keys[kept_ref].tolist()
+
+    # quality against the world's ground truth: all but one member of each planted group removed
+    truth = pd.read_parquet(tiny_world / "ground_truth.parquet")
+    group = truth[truth["dataset"] == "pool"].set_index("key")["duplicate_group"].reindex(keys).to_numpy()
+    planted = ~pd.isna(group)
+    sizes = pd.Series(group[planted]).value_counts()
+    removed_per_group = pd.Series(group[planted & ~kept_ref]).value_counts()
+    removable = int((sizes - 1).sum())
+    assert removable > 0
+    recall = np.minimum(removed_per_group, sizes[removed_per_group.index] - 1).sum() / removable
+    assert recall == 1.0
     q = manifest["counts"]["quality"]
-    assert q["removed"] == len(removed)
-    assert q["precision"] == (in_group.mean() if removed else None)
+    assert (q["removed"], q["removable"]) == (int((~kept_ref).sum()), removable)
     assert q["recall"] == pytest.approx(recall)
-    print(f"tiny world (random-init tiny-vit), eps=0.002: {json.dumps(q)}")
+    assert q["precision"] == pytest.approx(planted[~kept_ref].mean())
+    print(f"tiny world (random-init tiny-vit), eps={eps}: {json.dumps(q)}")
 
 
 def test_cli_dedup(planted, tmp_path):

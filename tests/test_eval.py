@@ -1,9 +1,9 @@
-"""Zero-shot evaluation against an independent computation with open_clip, torchvision and sklearn."""
+"""Zero-shot evaluation against an independent computation with open_clip, torchvision and sklearn
+(``tests.helpers.zero_shot_reference``)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -14,6 +14,7 @@ import oodlab  # noqa: F401  (torchvision next to the CPU torch)
 from oodlab.evaluation.evaluate import evaluate
 from oodlab.evaluation.metrics import classification_metrics
 from oodlab.utils.errors import IncompatibleError, InputError
+from tests.helpers import zero_shot_reference
 
 
 @pytest.fixture(scope="module")
@@ -32,32 +33,6 @@ def checkpoint(tmp_path_factory):
     return path
 
 
-def _reference(world: Path, checkpoint: Path, dataset: str) -> dict:
-    """Zero-shot logits computed directly: open_clip model + transform, torchvision ImageFolder,
-    open_clip's zero-shot classifier builder with the 80 OpenAI templates."""
-    import open_clip
-    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
-    from torchvision.datasets import ImageFolder
-
-    model, _, preprocess = open_clip.create_model_and_transforms("tiny-vit", pretrained=str(checkpoint))
-    model.eval()
-    tokenizer = open_clip.get_tokenizer("tiny-vit")
-    info = json.loads((world / "world.json").read_text())
-    subset = info["datasets"][dataset]["classes"]
-    classes = [info["classes"][i] for i in subset]
-    folder = ImageFolder(str(world / dataset), transform=preprocess)
-    assert folder.classes == [c["wnid"] for c in classes]  # world wnids sort in index order
-    with torch.no_grad():
-        weights = open_clip.build_zero_shot_classifier(
-            model, tokenizer=tokenizer, classnames=[c["name"] for c in classes],
-            templates=OPENAI_IMAGENET_TEMPLATES, num_classes_per_batch=4, device="cpu", use_tqdm=False)
-        images = torch.stack([folder[i][0] for i in range(len(folder))])
-        feats = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
-        logits = (feats @ weights).numpy()
-    keys = [Path(p).relative_to(world / dataset).as_posix() for p, _ in folder.samples]
-    return {"keys": keys, "labels": np.array(folder.targets), "logits": logits}
-
-
 def top_k_accuracy(labels: np.ndarray, logits: np.ndarray, k: int) -> float:
     """Brute force: the label's rank is the number of classes with a larger logit."""
     hits = [sum(row > row[y]) < k for row, y in zip(logits, labels)]
@@ -73,12 +48,12 @@ def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
     return float(np.mean(recalls))
 
 
-def test_zero_shot_equals_a_direct_open_clip_computation(world, checkpoint, tmp_path):
+def test_zero_shot_equals_a_direct_open_clip_computation(tiny_world, checkpoint, tmp_path):
     out = tmp_path / "ev"
-    results = evaluate("tiny-vit", checkpoint, {"val": world / "eval" / "val", "r": world / "eval" / "r"}, out,
+    results = evaluate("tiny-vit", checkpoint, {"val": tiny_world / "eval" / "val", "r": tiny_world / "eval" / "r"}, out,
                        batch_size=7, workers=1)
     for name, dataset in (("val", "eval/val"), ("r", "eval/r")):
-        ref = _reference(world, checkpoint, dataset)
+        ref = zero_shot_reference(tiny_world, checkpoint, dataset)
         preds = pq.read_table(out / "epoch_7" / name / "predictions.parquet").to_pydict()
         assert preds["key"] == ref["keys"]
         assert preds["label"] == ref["labels"].tolist()
@@ -99,9 +74,9 @@ def test_zero_shot_equals_a_direct_open_clip_computation(world, checkpoint, tmp_
         assert results["datasets"][name]["metrics"]["acc1"] == [metrics["acc1"]]
 
 
-def test_clip_benchmark_json_and_outputs(world, checkpoint, tmp_path):
+def test_clip_benchmark_json_and_outputs(tiny_world, checkpoint, tmp_path):
     out = tmp_path / "ev"
-    evaluate("tiny-vit", checkpoint, {"val": world / "eval" / "val"}, out, save_logits=True, workers=0)
+    evaluate("tiny-vit", checkpoint, {"val": tiny_world / "eval" / "val"}, out, save_logits=True, workers=0)
     record = json.loads((out / "epoch_7" / "val" / "clip_benchmark.json").read_text())
     assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
     assert set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
@@ -131,13 +106,13 @@ def test_metrics_against_brute_force():
     assert classification_metrics(labels % 3, topk[:, :3] % 3, 3)["acc5"] is None
 
 
-def test_mismatched_architecture_fails_clearly(world, checkpoint, tmp_path):
+def test_mismatched_architecture_fails_clearly(tiny_world, checkpoint, tmp_path):
     with pytest.raises(IncompatibleError, match="does not match architecture 'tiny-rn'") as err:
-        evaluate("tiny-rn", checkpoint, {"val": world / "eval" / "val"}, tmp_path / "ev")
+        evaluate("tiny-rn", checkpoint, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev")
     assert "Fix:" in str(err.value)
 
 
-def test_run_curves_resume_and_refuse_other_inputs(world, checkpoint, tmp_path):
+def test_run_curves_resume_and_refuse_other_inputs(tiny_world, checkpoint, tmp_path):
     run = tmp_path / "run" / "checkpoints"
     run.mkdir(parents=True)
     state = torch.load(checkpoint, weights_only=True)
@@ -147,7 +122,7 @@ def test_run_curves_resume_and_refuse_other_inputs(world, checkpoint, tmp_path):
         torch.save({"epoch": epoch, "name": "r", "state_dict": sd}, run / f"epoch_{epoch}.pt")
     (run / "epoch_latest.pt").write_bytes((run / "epoch_2.pt").read_bytes())  # not an epoch
     out = tmp_path / "ev"
-    sets = {"val": world / "eval" / "val", "sk": world / "domainnet" / "sketch"}
+    sets = {"val": tiny_world / "eval" / "val", "sk": tiny_world / "domainnet" / "sketch"}
     first = evaluate("tiny-vit", tmp_path / "run", sets, out, workers=0)
     assert [c["label"] for c in first["checkpoints"]] == ["epoch_0", "epoch_2", "epoch_10"]
     assert len(first["datasets"]["val"]["metrics"]["acc1"]) == 3
@@ -157,26 +132,26 @@ def test_run_curves_resume_and_refuse_other_inputs(world, checkpoint, tmp_path):
     after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert again == first and after == before  # a resumed run writes the bytes of a clean run
     with pytest.raises(IncompatibleError, match="another model, checkpoint, dataset or settings"):
-        evaluate("tiny-vit", tmp_path / "run", {"val": world / "eval" / "v2"}, out, workers=0)
+        evaluate("tiny-vit", tmp_path / "run", {"val": tiny_world / "eval" / "v2"}, out, workers=0)
 
 
-def test_bad_arguments(world, checkpoint, tmp_path):
+def test_bad_arguments(tiny_world, checkpoint, tmp_path):
     with pytest.raises(InputError, match="plain file name"):
-        evaluate("tiny-vit", checkpoint, {"a/b": world / "eval" / "val"}, tmp_path / "e")
+        evaluate("tiny-vit", checkpoint, {"a/b": tiny_world / "eval" / "val"}, tmp_path / "e")
     with pytest.raises(InputError, match="not datasets"):
-        evaluate("tiny-vit", checkpoint, {"val": world / "eval" / "val"}, tmp_path / "e", specs={"x": "world"})
+        evaluate("tiny-vit", checkpoint, {"val": tiny_world / "eval" / "val"}, tmp_path / "e", specs={"x": "world"})
     with pytest.raises(InputError, match="checkpoint not found"):
-        evaluate("tiny-vit", tmp_path / "none.pt", {"val": world / "eval" / "val"}, tmp_path / "e")
+        evaluate("tiny-vit", tmp_path / "none.pt", {"val": tiny_world / "eval" / "val"}, tmp_path / "e")
 
 
-def test_cli_eval(world, checkpoint, tmp_path):
+def test_cli_eval(tiny_world, checkpoint, tmp_path):
     from typer.testing import CliRunner
 
     import oodlab.cli.train  # noqa: F401  (registers the commands)
     from oodlab.cli import app
 
     result = CliRunner().invoke(app, ["eval", "--checkpoint", str(checkpoint), "--dataset",
-                                      f"v={world / 'eval' / 'val'}", "--spec", "v=world", "--out",
+                                      f"v={tiny_world / 'eval' / 'val'}", "--spec", "v=world", "--out",
                                       str(tmp_path / "e"), "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "e" / "epoch_7" / "v" / "predictions.parquet").is_file()

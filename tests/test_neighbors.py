@@ -45,7 +45,7 @@ def _brute(E: np.ndarray, T: np.ndarray, k: int):
 
 
 @pytest.fixture
-def world(tmp_path):
+def neighbor_stores(tmp_path):
     """Train store with ties, an empty part, a tiny part; two eval sets; a reference set."""
     rng = np.random.default_rng(7)
     d = 24
@@ -80,8 +80,8 @@ def pd_concat(frames):
 
 
 @pytest.mark.parametrize("precision,chunk_rows", [("bf16", 64), ("bf16", 4096), ("fp32", 100)])
-def test_outputs_equal_brute_force(world, precision, chunk_rows):
-    root, train_keys = world
+def test_outputs_equal_brute_force(neighbor_stores, precision, chunk_rows):
+    root, train_keys = neighbor_stores
     out = root / f"out-{precision}-{chunk_rows}"
     k = 20  # larger than the 3-row part
     neighbors(root / "train", {"a": root / "a", "b": root / "b"}, out, k=k, reference={"inet": root / "ref"},
@@ -211,8 +211,8 @@ def test_kill_9_then_resume_equals_clean_run(tmp_path):
     assert killed == clean
 
 
-def test_resume_refuses_changed_parameters(world):
-    root, _ = world
+def test_resume_refuses_changed_parameters(neighbor_stores):
+    root, _ = neighbor_stores
     neighbors(root / "train", {"b": root / "b"}, root / "out", k=3)
     with pytest.raises(IncompatibleError, match="other inputs or parameters"):
         neighbors(root / "train", {"b": root / "b"}, root / "out", k=4)

@@ -38,7 +38,10 @@ def _dyadic(dims):
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def prune_inputs(tmp_path_factory):
+    """(root, train keys, float64 eval x train similarities per eval set, aligned margins per
+    train row): a train store with tied rows and a planted exact tie, eval sets a and b, a
+    reference set, and their ``neighbors`` output under root / "nb"."""
     root = tmp_path_factory.mktemp("prune")
     rng = np.random.default_rng(3)
     parts = [unit_rows(rng, n, D) for n in (150, 97, 120)]
@@ -85,8 +88,8 @@ def _first_tie(score, order):
 
 
 @pytest.mark.parametrize("rule", ["near", "far"])
-def test_keep_n_matches_sorted_scores_with_training_order_ties(world, tmp_path, rule):
-    root, train_keys, sims, _ = world
+def test_keep_n_matches_sorted_scores_with_training_order_ties(prune_inputs, tmp_path, rule):
+    root, train_keys, sims, _ = prune_inputs
     score = _score32(sims, ["a", "b"])
     rows = np.arange(len(score))
     sign = 1 if rule == "near" else -1
@@ -103,8 +106,8 @@ def test_keep_n_matches_sorted_scores_with_training_order_ties(world, tmp_path, 
     assert manifest["parameters"]["rule"] == rule
 
 
-def test_near_threshold_single_eval_and_argmax(world, tmp_path):
-    root, train_keys, sims, _ = world
+def test_near_threshold_single_eval_and_argmax(prune_inputs, tmp_path):
+    root, train_keys, sims, _ = prune_inputs
     score = _score32(sims, ["b"])
     t = float(np.sort(score)[200])  # a value in the data: score == t is kept
     prune_near(root / "nb", tmp_path / "o", evals=["b"], threshold=t)
@@ -116,16 +119,16 @@ def test_near_threshold_single_eval_and_argmax(world, tmp_path):
     assert set(kept["eval_set"]) == {"b"}
 
 
-def test_far_threshold(world, tmp_path):
-    root, train_keys, sims, _ = world
+def test_far_threshold(prune_inputs, tmp_path):
+    root, train_keys, sims, _ = prune_inputs
     score = _score32(sims, ["a", "b"])
     t = float(np.median(score))
     prune_far(root / "nb", tmp_path / "o", threshold=t)
     assert _keys(tmp_path / "o" / "kept.parquet") == train_keys[score >= t].tolist()
 
 
-def test_aligned_exact_with_planted_tie_and_union_counts(world, tmp_path):
-    root, train_keys, _, margins = world
+def test_aligned_exact_with_planted_tie_and_union_counts(prune_inputs, tmp_path):
+    root, train_keys, _, margins = prune_inputs
     manifest = prune_aligned(root / "nb", tmp_path / "o")
     flag = {n: margins[n] > 0 for n in margins}
     union = flag["a"] | flag["b"]
@@ -145,8 +148,8 @@ def test_aligned_exact_with_planted_tie_and_union_counts(world, tmp_path):
     assert _keys(tmp_path / "a" / "removed.parquet") == train_keys[flag["a"]].tolist()
 
 
-def test_aligned_refuses_folder_without_margins(world, tmp_path):
-    root, *_ = world
+def test_aligned_refuses_folder_without_margins(prune_inputs, tmp_path):
+    root, *_ = prune_inputs
     import shutil
 
     shutil.copytree(root / "nb", tmp_path / "nb")
@@ -188,8 +191,8 @@ def test_random_is_uniform_seeded_and_matches_the_documented_draw(tmp_path):
         prune_random(tmp_path / "pool.txt", tmp_path / "r5", keep=20001)
 
 
-def test_rules_chain_with_keep_from(world, tmp_path):
-    root, train_keys, sims, _ = world
+def test_rules_chain_with_keep_from(prune_inputs, tmp_path):
+    root, train_keys, sims, _ = prune_inputs
     prune_near(root / "nb", tmp_path / "near", keep=200)
     first = _keys(tmp_path / "near" / "kept.parquet")
     m = prune_random(root / "nb", tmp_path / "rand", keep=50, seed=1, keep_from=tmp_path / "near" / "kept.parquet")
@@ -205,8 +208,8 @@ def test_rules_chain_with_keep_from(world, tmp_path):
     assert _keys(tmp_path / "far" / "kept.parquet") == sub.loc[sorted(top["pos"]), "index"].tolist()
 
 
-def test_cli_prune(world, tmp_path):
-    root, train_keys, _, margins = world
+def test_cli_prune(prune_inputs, tmp_path):
+    root, train_keys, _, margins = prune_inputs
     runner = CliRunner()
     result = runner.invoke(app, ["prune", "aligned", str(root / "nb"), "--out", str(tmp_path / "o"), "--eval", "a"])
     assert result.exit_code == 0, result.output

@@ -32,7 +32,8 @@ TERMS = {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory) -> tuple[Path, dict]:
+def tiny_world_seed0(tmp_path_factory) -> tuple[Path, dict]:
+    """(folder, its world.json as returned by generate_world) of the tiny-preset world of seed 0."""
     root = tmp_path_factory.mktemp("synth") / "world"
     return root, generate_world(root, preset="tiny", seed=0, workers=1)
 
@@ -46,9 +47,9 @@ def _pixels(source) -> np.ndarray:
         return np.asarray(img.convert("RGB"), dtype=np.float32)
 
 
-def _pool_samples(root: Path, world: dict):
-    """(shard file name, its samples) for each pool shard listed in world.json."""
-    for shard in world["pool"]["shards"]:
+def _pool_samples(root: Path, info: dict):
+    """(shard file name, its samples) for each pool shard listed in world.json (``info``)."""
+    for shard in info["pool"]["shards"]:
         yield shard, list(iter_tar_samples(root / "pool" / shard))
 
 
@@ -56,15 +57,15 @@ def _words(text: str, word: str) -> bool:
     return re.search(rf"\b{re.escape(word)}\b", text) is not None
 
 
-def test_same_seed_gives_identical_files_for_any_worker_count(world, tmp_path):
-    root, _ = world
+def test_same_seed_gives_identical_files_for_any_worker_count(tiny_world_seed0, tmp_path):
+    root, _ = tiny_world_seed0
     again = tmp_path / "again"
     generate_world(again, preset="tiny", seed=0, workers=2)
     assert _hashes(again) == _hashes(root)
 
 
-def test_other_seed_and_overrides_with_overwrite(world, tmp_path):
-    root, _ = world
+def test_other_seed_and_overrides_with_overwrite(tiny_world_seed0, tmp_path):
+    root, _ = tiny_world_seed0
     target = tmp_path / "w"
     target.mkdir()
     (target / "stale.txt").write_text("old")
@@ -117,8 +118,8 @@ def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_counts_and_class_folders_match_disk(world):
-    root, w = world
+def test_counts_and_class_folders_match_disk(tiny_world_seed0):
+    root, w = tiny_world_seed0
     assert w["preset"] == "tiny" and w["seed"] == 0 and w["image_size"] == 32
     wnids = {c["index"]: c["wnid"] for c in w["classes"]}
     assert len(wnids) == 8 and all(re.fullmatch(r"n\d{8}", x) for x in wnids.values())
@@ -147,8 +148,8 @@ def test_counts_and_class_folders_match_disk(world):
         assert subsets[e] == list(range(8))
 
 
-def test_pool_shards_have_img2dataset_layout(world):
-    root, w = world
+def test_pool_shards_have_img2dataset_layout(tiny_world_seed0):
+    root, w = tiny_world_seed0
     names = {c["index"]: c["name"] for c in w["classes"]}
     parquet_rows = 0
     for shard, samples in _pool_samples(root, w):
@@ -173,8 +174,8 @@ def test_pool_shards_have_img2dataset_layout(world):
     assert parquet_rows == 400
 
 
-def test_caption_statistics(world):
-    root, w = world
+def test_caption_statistics(tiny_world_seed0):
+    root, w = tiny_world_seed0
     metas = [s.meta for _, samples in _pool_samples(root, w) for s in samples]
     named_domain = np.mean([m["caption_names_domain"] for m in metas])
     named_class = np.mean([m["caption_names_class"] for m in metas])
@@ -186,8 +187,8 @@ def test_caption_statistics(world):
         assert not re.search(r"\ban [^aeiou]", m["caption"]), m["caption"]
 
 
-def test_domainnet_lists(world):
-    root, w = world
+def test_domainnet_lists(tiny_world_seed0):
+    root, w = tiny_world_seed0
     folders = [c["folder"] for c in w["classes"]]
     listed = set()
     for domain in DOMAINS:
@@ -222,8 +223,8 @@ def _aligned_distance(a: np.ndarray, b: np.ndarray, shift: int = 2) -> float:
     return best
 
 
-def test_planted_duplicates_copy_existing_eval_images(world):
-    root, w = world
+def test_planted_duplicates_copy_existing_eval_images(tiny_world_seed0):
+    root, w = tiny_world_seed0
     rng = random.Random(0)
     gt = pq.read_table(root / w["ground_truth"]).to_pylist()
     group_of = {(r["dataset"], r["key"]): r["duplicate_group"] for r in gt}
@@ -247,8 +248,8 @@ def test_planted_duplicates_copy_existing_eval_images(world):
     assert {d for d, n in dup["eval_copies_by_dataset"].items() if n > 0} == {f"eval/{e}" for e in EVAL}
 
 
-def test_pool_internal_duplicate_groups(world):
-    root, w = world
+def test_pool_internal_duplicate_groups(tiny_world_seed0):
+    root, w = tiny_world_seed0
     rng = random.Random(0)
     samples = {s.key: (s.meta, _pixels(io.BytesIO(s.members["jpg"])))
                for _, shard in _pool_samples(root, w) for s in shard}
@@ -271,8 +272,8 @@ def test_pool_internal_duplicate_groups(world):
             assert near < 0.75 * far, (metas, near, far)
 
 
-def test_images_are_not_blank(world):
-    root, w = world
+def test_images_are_not_blank(tiny_world_seed0):
+    root, w = tiny_world_seed0
     for name in [f"eval/{e}" for e in EVAL] + ["imagenet-train"]:
         for p in (root / name).rglob("*.jpg"):
             assert _pixels(p).std() > 8, p
@@ -293,8 +294,8 @@ def _style_stats(root: Path, domain: str) -> dict[str, float]:
     }
 
 
-def test_domain_styles_differ(world):
-    root, _ = world
+def test_domain_styles_differ(tiny_world_seed0):
+    root, _ = tiny_world_seed0
     st = {d: _style_stats(root, d) for d in DOMAINS}
     for d in ("sketch", "quickdraw"):  # grey strokes on white paper
         assert st[d]["white"] > 0.7 and st[d]["colour"] < 2
@@ -310,8 +311,8 @@ def test_domain_styles_differ(world):
     assert st["sketch"]["grey_bars"] > 1.2 * st["quickdraw"]["grey_bars"]  # hatching and doubled strokes
 
 
-def test_contact_sheet_and_world_json(world):
-    root, w = world
+def test_contact_sheet_and_world_json(tiny_world_seed0):
+    root, w = tiny_world_seed0
     with Image.open(root / w["contact_sheet"]) as sheet:
         assert sheet.width > 6 * 64 and sheet.height > 8 * 64
     assert [d["name"] for d in w["domains"]] == list(DOMAINS)

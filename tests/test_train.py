@@ -21,15 +21,15 @@ from oodlab.utils.hashing import sha256_file
 FAST = dict(model="tiny-vit", batch_size=32, epochs=2, lr=1e-3, warmup=2, wd=0.1, seed=3)
 
 
-def _shards(world: Path) -> str:
+def _shards(tiny_world: Path) -> str:
     """Two of the tiny world's four pool shards (200 samples): a run takes seconds."""
-    return str(world / "pool" / "{00000..00001}.tar")
+    return str(tiny_world / "pool" / "{00000..00001}.tar")
 
 
 @pytest.fixture(scope="module")
-def run(world, tmp_path_factory):
+def run(tiny_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("r") / "run"
-    manifest = train(_shards(world), out=out, **FAST)
+    manifest = train(_shards(tiny_world), out=out, **FAST)
     return out, manifest
 
 
@@ -37,17 +37,17 @@ def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_run_records_its_configuration_and_keeps_epoch_0(world, run):
+def test_run_records_its_configuration_and_keeps_epoch_0(tiny_world, run):
     out, manifest = run
     config = json.loads((out / "config.json").read_text())
     cfg = config["config"]
-    n = 2 * json.loads((world / "world.json").read_text())["pool"]["shard_size"]
+    n = 2 * json.loads((tiny_world / "world.json").read_text())["pool"]["shard_size"]
     steps = math.ceil(n / 32)  # one data worker: full batches only, the last one filled up
     expected = {"model": "tiny-vit", "batch_size": 32, "epochs": 2, "lr": 1e-3, "warmup": 2, "wd": 0.1,
                 "precision": "fp32", "seed": 3, "num_samples": n, "samples_seen": 2 * steps * 32,
                 "lr_scheduler": "const-cooldown", "epochs_cooldown": 2, "lr_cooldown_end": 1e-4}
     assert {k: cfg[k] for k in expected} == expected
-    assert config["data"]["manifest"]["sha256"] == sha256_file(world / "manifest.json")
+    assert config["data"]["manifest"]["sha256"] == sha256_file(tiny_world / "manifest.json")
     assert config["data"]["manifest"]["stage"] == "synth.generate_world"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0.pt", "epoch_1.pt", "epoch_2.pt"]
     assert manifest["counts"]["samples_seen"] == 2 * steps * 32
@@ -69,11 +69,11 @@ def test_run_records_its_configuration_and_keeps_epoch_0(world, run):
     assert any(not torch.equal(one[k], fresh[k]) for k in fresh)
 
 
-def test_train_checkpoints_eval_and_resume(world, run, tmp_path):
+def test_train_checkpoints_eval_and_resume(tiny_world, run, tmp_path):
     from oodlab.evaluation.evaluate import evaluate
 
     out, _ = run
-    results = evaluate("tiny-vit", out, {"val": world / "eval" / "val"}, tmp_path / "ev", workers=0)
+    results = evaluate("tiny-vit", out, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev", workers=0)
     assert [c["label"] for c in results["checkpoints"]] == ["epoch_0", "epoch_1", "epoch_2"]
     # a run killed while writing its last checkpoint: a truncated epoch_2.pt
     copy = tmp_path / "run"
@@ -85,28 +85,28 @@ def test_train_checkpoints_eval_and_resume(world, run, tmp_path):
     last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
     kept = {p.name: sha256_file(p) for p in (copy / "checkpoints").iterdir() if p.name != "epoch_2.pt"}
     assert latest_resumable(str(copy / "checkpoints")) == str(copy / "checkpoints" / "epoch_1.pt")
-    train(_shards(world), out=copy, **FAST)
+    train(_shards(tiny_world), out=copy, **FAST)
     log = (copy / "out.log").read_text()
     assert "resuming checkpoint" in log and "epoch_1.pt' (epoch 1)" in log
     assert {p: sha256_file(copy / "checkpoints" / p) for p in kept} == kept
     assert _state(last)["epoch"] == 2
-    again = evaluate("tiny-vit", copy, {"val": world / "eval" / "val"}, tmp_path / "ev2", workers=0)
+    again = evaluate("tiny-vit", copy, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev2", workers=0)
     assert len(again["datasets"]["val"]["metrics"]["acc1"]) == 3
     # a finished run is not trained again; another configuration is refused
     before = sha256_file(last)
-    train(_shards(world), out=copy, **FAST)
+    train(_shards(tiny_world), out=copy, **FAST)
     assert sha256_file(last) == before
     with pytest.raises(IncompatibleError, match="another configuration"):
-        train(_shards(world), out=copy, **{**FAST, "lr": 2e-3})
+        train(_shards(tiny_world), out=copy, **{**FAST, "lr": 2e-3})
     with pytest.raises(IncompatibleError, match="another configuration or data"):
-        train(world / "pool", out=copy, **FAST)
+        train(tiny_world / "pool", out=copy, **FAST)
 
 
-def test_sample_counts_from_stats_parquet_or_tar(world, tmp_path):
+def test_sample_counts_from_stats_parquet_or_tar(tiny_world, tmp_path):
     import shutil
 
-    truth = json.loads((world / "world.json").read_text())["pool"]
-    shutil.copytree(world / "pool", tmp_path / "pool")
+    truth = json.loads((tiny_world / "world.json").read_text())["pool"]
+    shutil.copytree(tiny_world / "pool", tmp_path / "pool")
     full = resolve_train_data(tmp_path / "pool")
     assert full.count == truth["count"] and len(full.shards) == len(truth["shards"])
     assert full.pattern == f"{(tmp_path / 'pool').absolute()}/{{00000..0000{len(truth['shards']) - 1}}}.tar"
@@ -121,23 +121,23 @@ def test_sample_counts_from_stats_parquet_or_tar(world, tmp_path):
         resolve_train_data(tmp_path / "empty")
 
 
-def test_an_oodlab_subset_folder_is_training_data(world, tmp_path):
+def test_an_oodlab_subset_folder_is_training_data(tiny_world, tmp_path):
     import pyarrow.parquet as pq
 
     from oodlab.subsets.reshard import subset
 
-    keys = [k for f in sorted((world / "pool").glob("*.parquet")) for k in pq.read_table(f).column("key").to_pylist()]
+    keys = [k for f in sorted((tiny_world / "pool").glob("*.parquet")) for k in pq.read_table(f).column("key").to_pylist()]
     (tmp_path / "keys.txt").write_text("\n".join(keys[::3]) + "\n")
-    subset(tmp_path / "keys.txt", [world / "pool"], tmp_path / "sub", per_shard=50)
+    subset(tmp_path / "keys.txt", [tiny_world / "pool"], tmp_path / "sub", per_shard=50)
     data = resolve_train_data(tmp_path / "sub")
     assert data.count == len(keys[::3]) and len(data.shards) == -(-len(keys[::3]) // 50)
     assert data.manifest["path"] == str(tmp_path / "sub" / "manifest.json")
 
 
-def test_print_command_matches_open_clip_arguments(world, tmp_path):
+def test_print_command_matches_open_clip_arguments(tiny_world, tmp_path):
     from open_clip_train.params import parse_args
 
-    cmds = train(world / "pool", model="ViT-B-32", out=tmp_path / "big", print_command=True, nodes=4,
+    cmds = train(tiny_world / "pool", model="ViT-B-32", out=tmp_path / "big", print_command=True, nodes=4,
                  gpus_per_node=8, workers=1)
     torchrun = shlex.split(cmds["torchrun"])
     assert torchrun[:4] == ["torchrun", "--nproc_per_node=8", "-m", "oodlab.train.entry"]
@@ -150,39 +150,39 @@ def test_print_command_matches_open_clip_arguments(world, tmp_path):
     assert slurm.batch_size == 33_600 // 32 and "#SBATCH --nodes=4" in cmds["slurm"]
     assert not (tmp_path / "big").exists()
     with pytest.raises(InputError, match="does not split evenly"):
-        train(world / "pool", model="ViT-B-32", out=tmp_path / "b", print_command=True, batch_size=100,
+        train(tiny_world / "pool", model="ViT-B-32", out=tmp_path / "b", print_command=True, batch_size=100,
               gpus_per_node=8)
 
 
-def test_bad_arguments_are_refused(world, tmp_path):
+def test_bad_arguments_are_refused(tiny_world, tmp_path):
     with pytest.raises(InputError, match="workers=9"):
-        train(world / "pool", model="tiny-vit", out=tmp_path / "r", workers=9)
+        train(tiny_world / "pool", model="tiny-vit", out=tmp_path / "r", workers=9)
     with pytest.raises(InputError, match="precision"):
-        train(world / "pool", model="tiny-vit", out=tmp_path / "r", precision="fp8")
+        train(tiny_world / "pool", model="tiny-vit", out=tmp_path / "r", precision="fp8")
     with pytest.raises(InputError, match="oodlab sets itself"):
-        train(world / "pool", model="tiny-vit", out=tmp_path / "r", extra_args="--epochs 3")
+        train(tiny_world / "pool", model="tiny-vit", out=tmp_path / "r", extra_args="--epochs 3")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
     with pytest.raises(InputError, match="not an oodlab training run"):
-        train(world / "pool", model="tiny-vit", out=tmp_path / "other", **{k: v for k, v in FAST.items() if k != "model"})
+        train(tiny_world / "pool", model="tiny-vit", out=tmp_path / "other", **{k: v for k, v in FAST.items() if k != "model"})
 
 
-def test_cli_print_command(world):
+def test_cli_print_command(tiny_world):
     from typer.testing import CliRunner
 
     import oodlab.cli.train  # noqa: F401  (registers the commands)
     from oodlab.cli import app
 
-    result = CliRunner().invoke(app, ["train", "--data", str(world / "pool"), "--out", "/tmp/unused-run",
+    result = CliRunner().invoke(app, ["train", "--data", str(tiny_world / "pool"), "--out", "/tmp/unused-run",
                                       "--model", "tiny-vit", "--print-command", "--gpus-per-node", "2"])
     assert result.exit_code == 0, result.output
     assert "torchrun --nproc_per_node=2 -m oodlab.train.entry" in result.output and "#SBATCH" in result.output
 
 
-def test_a_crashing_trainer_is_reported_not_fatal(world, tmp_path):
+def test_a_crashing_trainer_is_reported_not_fatal(tiny_world, tmp_path):
     from oodlab.train.run import TrainingFailed
 
     with pytest.raises(TrainingFailed, match="exited with status 2") as err:
-        train(_shards(world), out=tmp_path / "run", extra_args="--grad-clip-norm not-a-number", **FAST)
+        train(_shards(tiny_world), out=tmp_path / "run", extra_args="--grad-clip-norm not-a-number", **FAST)
     assert "Last lines" in str(err.value) and "Fix:" in str(err.value)
     assert (tmp_path / "run" / "config.json").is_file() and not (tmp_path / "run" / "manifest.json").exists()
