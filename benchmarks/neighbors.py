@@ -48,10 +48,10 @@ def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     return out
 
 
-def run_oodlab(train16: np.ndarray, eval32: np.ndarray, k: int, chunk: int, precision: str):
+def run_oodlab(train16: np.ndarray, eval32: np.ndarray, k: int, chunk: int, screen: str):
     from oodlab.similarity.engine import EvalSet, StreamingNeighbors
 
-    engine = StreamingNeighbors([EvalSet("e", eval32, np.arange(len(eval32)))], k, precision=precision)
+    engine = StreamingNeighbors([EvalSet("e", eval32, np.arange(len(eval32)))], k, screen=screen)
     maxs, args = [], []
     for s in range(0, len(train16), chunk):
         r = engine.process(train16[s : s + chunk], s)

@@ -16,7 +16,7 @@ Rates count the samples and bytes of the INPUT tars for the copies and of the wr
 subset; the ratio compares seconds per written sample (so ``--keep-fraction 1`` compares equal work).
 
 Usage:  python benchmarks/subset.py [--shards 20] [--per-shard 1000] [--sample-bytes 5000]
-                                    [--keep-fraction 1.0] [--workers 1] [--repeat 3]
+                                    [--keep-fraction 1.0] [--workers 0] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--sample-bytes", type=int, default=5000)
     ap.add_argument("--keep-fraction", type=float, default=1.0)
     ap.add_argument("--out-per-shard", type=int, default=1500)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=0, help="0: in this process")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--tmp", default=None, help="folder for the temporary data (default: the system's)")
     args = ap.parse_args()

@@ -8,8 +8,8 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
     """The tiny-preset synthetic world of seed 4 (folder), generated once per session; tests only read it."""
-    from oodlab.data.synth import generate_world
+    from oodlab.data.synth import synth
 
     out = tmp_path_factory.mktemp("w") / "world"
-    generate_world(out, preset="tiny", seed=4, workers=1)
+    synth(out, preset="tiny", seed=4, workers=0)
     return out

@@ -13,10 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-import oodlab.cli.analysis  # noqa: F401  (registers `oodlab similarity ...`)
-from oodlab.analysis import accuracy_by_bin, accuracy_vs_similarity, neighbor_gallery, similarity_report, wilson_interval
+from oodlab.analysis import accuracy_by_bin, similarity_accuracy, similarity_gallery, similarity_report, wilson_interval
 from oodlab.cli import app
 from oodlab.embeddings import store as st
 from oodlab.similarity.neighbors import neighbors
@@ -45,13 +44,13 @@ def run(tmp_path_factory):
     val_keys = [f"n{c}/n{c}_{i:03d}.jpg" for c, n in ((1, 6), (2, 6)) for i in range(n)]
     sketch_keys = [f"n{c}/n{c}_{i:03d}.jpg" for c, n in ((1, 4), (2, 5)) for i in range(n)]
     pool = unit_rows(rng, 24, d)
-    _store(root / "s-pool", pool, pool_keys)
+    _store(root / "stores" / "pool", pool, pool_keys)  # its folder name labels the training set
     val = pool[:12] + 0.4 * unit_rows(rng, 12, d)  # near the pool
     _store(root / "s-val", val, val_keys)
     _store(root / "s-sketch", unit_rows(rng, 9, d), sketch_keys)
     _store(root / "s-ref", unit_rows(rng, 15, d), [f"ref{i}" for i in range(15)])
-    neighbors(root / "s-pool", {"val": root / "s-val", "sketch": root / "s-sketch"}, root / "nb", k=5,
-              reference={"imagenet-train": root / "s-ref"})
+    neighbors(root / "stores" / "pool", {"val": root / "s-val", "sketch": root / "s-sketch"}, root / "nb", k=5,
+              reference_stores={"imagenet-train": root / "s-ref"})
     return root
 
 
@@ -144,9 +143,9 @@ def test_accuracy_vs_similarity_equals_a_groupby(run, tmp_path, source, binning)
     keys = sims.index.tolist()
     correct = np.random.default_rng(1).random(len(keys)) < 0.6
     _predictions(tmp_path / "pred.parquet", keys, correct)
-    manifest = accuracy_vs_similarity(run / "nb", "val", tmp_path / "pred.parquet", tmp_path / "out", bins=3,
-                                      binning=binning, source=source)
-    got = pd.read_csv(tmp_path / "out" / "accuracy.csv")
+    manifest = similarity_accuracy(run / "nb", {"val": tmp_path / "pred.parquet"}, tmp_path / "out", bins=3,
+                                   binning=binning, source=source)
+    got = pd.read_csv(tmp_path / "out" / "val" / "accuracy.csv")
     assert got.columns.tolist() == ["bin_left", "bin_right", "n", "correct", "accuracy", "ci_low", "ci_high"]
     s = sims.to_numpy()
     edges = np.linspace(s.min(), s.max(), 4) if binning == "width" else np.quantile(s, [0, 1 / 3, 2 / 3, 1])
@@ -155,8 +154,8 @@ def test_accuracy_vs_similarity_equals_a_groupby(run, tmp_path, source, binning)
     np.testing.assert_allclose(got["bin_left"], edges[:-1], rtol=1e-12)
     assert got["n"].tolist() == want["size"].tolist() and got["correct"].tolist() == want["sum"].tolist()
     np.testing.assert_allclose(got["accuracy"], want["mean"])
-    assert manifest["counts"]["samples"] == len(keys) and manifest["counts"]["correct"] == int(correct.sum())
-    with Image.open(tmp_path / "out" / "accuracy.png") as img:
+    assert manifest["counts"]["val"]["samples"] == len(keys) and manifest["counts"]["val"]["correct"] == int(correct.sum())
+    with Image.open(tmp_path / "out" / "val" / "accuracy.png") as img:
         assert img.format == "PNG" and img.size[0] > 500
 
 
@@ -164,22 +163,21 @@ def test_accuracy_keys_must_match_on_both_sides(run, tmp_path):
     keys = _rank0(run, "val").index.tolist()
     _predictions(tmp_path / "short.parquet", keys[:-2], np.ones(len(keys) - 2, bool))
     with pytest.raises(InputError, match=r"short.parquet: has no prediction for 2 of 12"):
-        accuracy_vs_similarity(run / "nb", "val", tmp_path / "short.parquet", tmp_path / "o")
+        similarity_accuracy(run / "nb", {"val": tmp_path / "short.parquet"}, tmp_path / "o")
     _predictions(tmp_path / "extra.parquet", keys + ["n9/x.jpg"], np.ones(len(keys) + 1, bool))
     with pytest.raises(InputError, match=r"val.parquet: has no similarity for 1 samples.*n9/x.jpg"):
-        accuracy_vs_similarity(run / "nb", "val", tmp_path / "extra.parquet", tmp_path / "o")
+        similarity_accuracy(run / "nb", {"val": tmp_path / "extra.parquet"}, tmp_path / "o")
     pq.write_table(pa.table({"key": keys, "correct": [0.5] * len(keys)}), tmp_path / "float.parquet")
     with pytest.raises(InputError, match="true/false"):
-        accuracy_vs_similarity(run / "nb", "val", tmp_path / "float.parquet", tmp_path / "o")
+        similarity_accuracy(run / "nb", {"val": tmp_path / "float.parquet"}, tmp_path / "o")
     with pytest.raises(InputError, match="eval sets with a train similarity here: \\['sketch', 'val'\\]"):
-        accuracy_vs_similarity(run / "nb", "test", tmp_path / "short.parquet", tmp_path / "o")
+        similarity_accuracy(run / "nb", {"test": tmp_path / "short.parquet"}, tmp_path / "o")
 
 
 # -- similarity report --------------------------------------------------------------------------------
 def test_similarity_report_histograms_and_summary(run, tmp_path):
     out = tmp_path / "report"
-    labels = {"pool": run / "nb", "imagenet-train": run / "nb" / "thresholds"}
-    manifest = similarity_report(labels, out, bins=7)
+    manifest = similarity_report([run / "nb"], out, bins=7)
     hist = pd.read_csv(out / "histograms.csv")
     summ = pd.read_csv(out / "summary.csv")
     for name in ("val", "sketch"):
@@ -203,16 +201,21 @@ def test_similarity_report_histograms_and_summary(run, tmp_path):
             assert img.format == "PNG"
     assert manifest["counts"] == {"sketch": {"pool": 9, "imagenet-train": 9}, "val": {"pool": 12, "imagenet-train": 12}}
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    # re-runs write the same bytes; a subset of eval sets reports only those
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    similarity_report(labels, out, bins=7)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    similarity_report({"pool": run / "nb"}, tmp_path / "one", evals=["val"])
+    # a subset of eval sets reports only those
+    similarity_report([run / "nb"], tmp_path / "one", eval_sets=["val"])
     assert sorted(p.name for p in (tmp_path / "one").glob("*.png")) == ["histogram_val.png"]
     with pytest.raises(InputError, match=r"hold no eval set \['imagenet-a'\]"):
-        similarity_report(labels, tmp_path / "x", evals=["imagenet-a"])
-    with pytest.raises(InputError, match="neither"):
-        similarity_report({"pool": tmp_path}, tmp_path / "x")
+        similarity_report([run / "nb"], tmp_path / "x", eval_sets=["imagenet-a"])
+    with pytest.raises(InputError, match="not a finished `oodlab neighbors` output"):
+        similarity_report([tmp_path], tmp_path / "x")
+
+
+def test_similarity_report_is_deterministic(run, tmp_path):
+    """Determinism: the same inputs twice give the same bytes (no timestamps in PNG, CSV, JSON)."""
+    similarity_report([run / "nb"], tmp_path / "a", bins=7)
+    similarity_report([run / "nb"], tmp_path / "b", bins=7)
+    read = lambda root: {p.name: p.read_bytes() for p in root.iterdir()}  # noqa: E731
+    assert read(tmp_path / "a") == read(tmp_path / "b")
 
 
 # -- gallery ---------------------------------------------------------------------------------------
@@ -223,16 +226,16 @@ def _pool_member(run, key):
 
 def test_gallery_shows_the_exact_images_of_the_top_k(run, tmp_path):
     out = tmp_path / "gallery"
-    manifest = neighbor_gallery(run / "nb", "val", eval_source=run / "val", train_source=str(run / "pool" / "*.tar"),
-                                out=out, queries=4, k=3, seed=3)
-    shown = pd.read_csv(out / "gallery.csv", dtype={"train_key": str})
+    manifest = similarity_gallery(run / "nb", {"val": run / "val"}, [str(run / "pool" / "*.tar")], out, queries=4, k=3,
+                                  seed=3)
+    shown = pd.read_csv(out / "val" / "gallery.csv", dtype={"train_key": str})
     table = pq.read_table(run / "nb" / "eval" / "val.parquet").to_pandas()
     queries = shown["query_key"].drop_duplicates().tolist()
-    assert len(queries) == 4 and manifest["counts"]["queries"] == 4
+    assert len(queries) == 4 and manifest["counts"]["val"]["queries"] == 4
     top = {q: table[(table.query_key == q)].sort_values("rank") for q in queries}
     rank0 = [float(top[q]["score"].iloc[0]) for q in queries]
     assert rank0 == sorted(rank0, reverse=True)  # most similar first
-    html = (out / "index.html").read_text()
+    html = (out / "val" / "index.html").read_text()
     images = [base64.b64decode(m) for m in re.findall(r'src="data:image/jpeg;base64,([^"]+)"', html)]
     expected = []
     for q in queries:
@@ -244,24 +247,22 @@ def test_gallery_shows_the_exact_images_of_the_top_k(run, tmp_path):
         expected += [_pool_member(run, key) for key in t["train_key"]]
     assert images == expected  # query then its neighbours, row by row, byte for byte
     assert "<script" not in html and "src=\"http" not in html  # static and self-contained
-    with Image.open(out / "gallery.png") as img:
+    with Image.open(out / "val" / "gallery.png") as img:
         assert img.format == "PNG" and img.size[0] > img.size[1] * 0.5
     # the seed fixes the draw; asking for more queries than exist shows them all
-    again = neighbor_gallery(run / "nb", "val", eval_source=run / "val", train_source=run / "pool",
-                             out=tmp_path / "g2", queries=4, k=3, seed=3)
-    assert pd.read_csv(tmp_path / "g2" / "gallery.csv")["query_key"].drop_duplicates().tolist() == queries
+    again = similarity_gallery(run / "nb", {"val": run / "val"}, [run / "pool"], tmp_path / "g2", queries=4, k=3, seed=3)
+    assert pd.read_csv(tmp_path / "g2" / "val" / "gallery.csv")["query_key"].drop_duplicates().tolist() == queries
     assert again["counts"] == manifest["counts"]
-    neighbor_gallery(run / "nb", "sketch", eval_source=run / "sketch", train_source=run / "pool",
-                     out=tmp_path / "g3", queries=50, k=9, seed=0)
-    all_q = pd.read_csv(tmp_path / "g3" / "gallery.csv")
+    similarity_gallery(run / "nb", {"sketch": run / "sketch"}, [run / "pool"], tmp_path / "g3", queries=50, k=9, seed=0)
+    all_q = pd.read_csv(tmp_path / "g3" / "sketch" / "gallery.csv")
     assert all_q["query_key"].nunique() == 9 and all_q.groupby("query_key").size().max() == 5
 
 
 def test_gallery_refuses_missing_images(run, tmp_path):
     with pytest.raises(InputError, match="requested images are in none"):
-        neighbor_gallery(run / "nb", "val", eval_source=run / "sketch", train_source=run / "pool", out=tmp_path / "g")
+        similarity_gallery(run / "nb", {"val": run / "sketch"}, [run / "pool"], tmp_path / "g")
     with pytest.raises(InputError, match="eval sets in this run"):
-        neighbor_gallery(run / "nb", "nope", eval_source=run / "val", train_source=run / "pool", out=tmp_path / "g")
+        similarity_gallery(run / "nb", {"nope": run / "val"}, [run / "pool"], tmp_path / "g")
 
 
 # -- CLI ---------------------------------------------------------------------------------------------
@@ -269,29 +270,28 @@ def test_cli_end_to_end(run, tmp_path, monkeypatch):
     runner = CliRunner()
     keys = _rank0(run, "sketch").index.tolist()
     _predictions(tmp_path / "pred.parquet", keys, np.arange(len(keys)) % 2 == 0)
-    result = runner.invoke(app, ["similarity", "report", "--neighbors", f"pool={run / 'nb'}",
-                                 "--neighbors", f"imagenet-train={run / 'nb' / 'thresholds'}", "--out", str(tmp_path / "r"),
-                                 "--bins", "5", "--eval", "sketch"])
+    result = runner.invoke(app, ["similarity", "report", "--neighbors", str(run / "nb"), "--out", str(tmp_path / "r"),
+                                 "--bins", "5", "--eval-set", "sketch"])
     assert result.exit_code == 0, result.output
     assert set(pd.read_csv(tmp_path / "r" / "summary.csv")["eval_set"]) == {"sketch"}
-    result = runner.invoke(app, ["similarity", "accuracy", "--similarity", str(run / "nb"), "--eval-set", "sketch",
-                                 "--predictions", str(tmp_path / "pred.parquet"), "--out", str(tmp_path / "a"),
+    result = runner.invoke(app, ["similarity", "accuracy", "--neighbors", str(run / "nb"),
+                                 "--predictions", f"sketch={tmp_path / 'pred.parquet'}", "--out", str(tmp_path / "a"),
                                  "--bins", "2", "--binning", "mass", "--source", "reference"])
     assert result.exit_code == 0, result.output
-    acc = pd.read_csv(tmp_path / "a" / "accuracy.csv")
+    acc = pd.read_csv(tmp_path / "a" / "sketch" / "accuracy.csv")
     assert acc["n"].sum() == 9 and acc["correct"].sum() == 5
-    result = runner.invoke(app, ["similarity", "gallery", "--neighbors", str(run / "nb"), "--eval-set", "sketch",
-                                 "--eval-source", str(run / "sketch"), "--train-source", str(run / "pool" / "00000.tar"),
-                                 "--train-source", str(run / "pool" / "{00001..00002}.tar"), "--out", str(tmp_path / "g"),
+    result = runner.invoke(app, ["similarity", "gallery", "--neighbors", str(run / "nb"),
+                                 "--eval-data", f"sketch={run / 'sketch'}", "--train-data", str(run / "pool" / "00000.tar"),
+                                 "--train-data", str(run / "pool" / "{00001..00002}.tar"), "--out", str(tmp_path / "g"),
                                  "--queries", "2", "--k", "2"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "g" / "index.html").exists() and (tmp_path / "g" / "gallery.png").exists()
+    assert (tmp_path / "g" / "sketch" / "index.html").exists() and (tmp_path / "g" / "sketch" / "gallery.png").exists()
     # bad input: a message and exit status 2 through the real entry point, no traceback
     from oodlab.cli import main
 
     monkeypatch.setenv("OODLAB_QUIET", "1")
-    monkeypatch.setattr(sys, "argv", ["oodlab", "similarity", "accuracy", "--similarity", str(run / "nb"), "--eval-set",
-                                      "val", "--predictions", str(tmp_path / "pred.parquet"), "--out", str(tmp_path / "b")])
+    monkeypatch.setattr(sys, "argv", ["oodlab", "similarity", "accuracy", "--neighbors", str(run / "nb"),
+                                      "--predictions", f"val={tmp_path / 'pred.parquet'}", "--out", str(tmp_path / "b")])
     with pytest.raises(SystemExit) as exit_:
         main()
     assert exit_.value.code == 2

@@ -7,10 +7,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-import oodlab.cli.subsets  # noqa: F401  (registers the commands)
-from oodlab.cli._app import app
+from oodlab.cli import app
 from oodlab.embeddings import store as st
 from oodlab.subsets.clusters import train_centroids
 from oodlab.subsets.dedup import dedup, dedup_quality
@@ -270,7 +269,7 @@ def test_tiny_world_removes_its_planted_copies_as_the_brute_force_greedy_does(ti
 
 def test_cli_dedup(planted, tmp_path):
     root, (keys, _, _), _ = planted
-    result = CliRunner().invoke(app, ["dedup", str(root / "clean"), "--eps", str(EPS), "--out", str(tmp_path / "o"),
+    result = CliRunner().invoke(app, ["dedup", "--store", str(root / "clean"), "--eps", str(EPS), "--out", str(tmp_path / "o"),
                                       "--clusters", "5", "--rule", "all-earlier"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())

@@ -11,7 +11,7 @@ from PIL import Image
 from oodlab.data.shard_writer import ShardWriter
 from oodlab.embeddings.embed import embed
 from oodlab.embeddings.store import EmbeddingStore
-from oodlab.embeddings.validate import validate_store
+from oodlab.embeddings.validate import store_validate
 from oodlab.models import load_model
 from oodlab.utils.errors import IncompatibleError, InputError
 from tests.helpers import jpeg_bytes, kill_9_midway, tree_bytes, write_image_folder, write_shards
@@ -44,7 +44,7 @@ def test_folder_embeddings_match_open_clip(tmp_path):
     assert meta["class_name"].tolist() == [k.split("/")[0] for k in keys]
     assert meta["label"].tolist() == [0] * 5 + [1] * 4
     assert sidecar["count"] == 9 and len(sidecar["parts"]) == 3 and sidecar["model"]["architecture"] == "tiny-vit"
-    assert validate_store(tmp_path / "store") == []
+    assert store_validate(tmp_path / "store") == []
 
 
 def test_shard_text_embeddings_match_open_clip(tmp_path):
@@ -124,7 +124,7 @@ def test_missing_caption_is_recorded_not_invented(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "store" / "stats" / "part_0.json").read_text())
     assert sorted(record["missing_text"]) == sorted(no_txt)
     assert ", 2 without caption" in lines[-1]
-    assert validate_store(tmp_path / "store") == []
+    assert store_validate(tmp_path / "store") == []
 
 
 @pytest.mark.slow
@@ -132,7 +132,7 @@ def test_kill_9_then_resume_equals_clean_run(tmp_path):
     n_shards = 16
     write_shards(tmp_path / "shards", n_shards, 12)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "oodlab", "embed", str(tmp_path / "shards"), "--out", str(out), "--workers", "0",
+    cmd = [sys.executable, "-m", "oodlab", "embed", "--data", str(tmp_path / "shards"), "--out", str(out), "--workers", "0",
            "--batch-size", "1"]
     done_before = kill_9_midway(cmd, lambda: len(list((out / "stats").glob("part_*.json"))), 2, REPO)
     assert 2 <= done_before < n_shards, "the kill must land mid-run"
@@ -149,7 +149,7 @@ def test_kill_9_then_resume_equals_clean_run(tmp_path):
 def test_resume_refuses_another_model(tmp_path):
     write_image_folder(tmp_path / "imgs", {"a": 3})
     embed([tmp_path / "imgs"], tmp_path / "store", workers=0)
-    with pytest.raises(IncompatibleError, match="another model"):
+    with pytest.raises(IncompatibleError, match=r"inputs\.model\.architecture \('tiny-vit' before, 'tiny-rn' now\)"):
         embed([tmp_path / "imgs"], tmp_path / "store", model="tiny-rn", workers=0)
     embed([tmp_path / "imgs"], tmp_path / "store", model="tiny-rn", workers=0, overwrite=True)
     assert EmbeddingStore(tmp_path / "store").model["architecture"] == "tiny-rn"

@@ -28,7 +28,7 @@ def setup(tiny_world, tmp_path_factory):
         embed([source], root / "stores" / name, model="tiny-vit", workers=1)
     nb = root / "neighbors"
     neighbors(root / "stores" / "pool", {n: root / "stores" / n for n in EVALS}, nb, k=5,
-              reference={"imagenet-train": root / "stores" / "imagenet-train"})
+              reference_stores={"imagenet-train": root / "stores" / "imagenet-train"})
     out = root / "experiment"
     manifest = similarity_experiment(tiny_world / "pool", nb, {n: tiny_world / "eval" / n for n in EVALS}, out,
                                      sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,

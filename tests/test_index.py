@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-import oodlab.cli.index  # noqa: F401  (registers `oodlab index ...` before cli/__init__ imports it)
 from oodlab.cli import app
 from oodlab.embeddings import store as st
+from oodlab.similarity import factory
 from oodlab.similarity import index as ix
 from oodlab.utils.atomic import read_json
 from oodlab.utils.errors import IncompatibleError, InputError
@@ -91,12 +91,12 @@ def _expected_factory(n, d, budget):
 ])
 def test_default_factory_follows_the_documented_rule(n, d, budget, expected):
     assert _expected_factory(n, d, budget) == expected
-    assert ix.choose_factory(n, d, budget)[0] == expected
+    assert factory.choose_factory(n, d, budget)[0] == expected
 
 
 def test_default_factory_refuses_an_impossible_budget():
     with pytest.raises(InputError, match="fits in"):
-        ix.choose_factory(10_000_000, 512, 10 * 2**20)
+        factory.choose_factory(10_000_000, 512, 10 * 2**20)
 
 
 def test_machine_memory_matches_the_kernels_page_count():
@@ -112,7 +112,7 @@ def test_machine_memory_matches_the_kernels_page_count():
     ):
         pytest.skip("/proc/meminfo is virtualised by lxcfs")
     page = os.sysconf("SC_PAGE_SIZE")
-    assert abs(ix.machine_memory_bytes() - page * os.sysconf("SC_PHYS_PAGES")) <= page
+    assert abs(factory.machine_memory_bytes() - page * os.sysconf("SC_PHYS_PAGES")) <= page
 
 
 # -- results and recall against brute force ----------------------------------------------------
@@ -120,18 +120,18 @@ def test_flat_index_equals_brute_force(tmp_path):
     rng = np.random.default_rng(0)
     _store(tmp_path / "train", [unit_rows(rng, 300, 16), unit_rows(rng, 5, 16), unit_rows(rng, 200, 16)], "t")
     _store(tmp_path / "eval", [unit_rows(rng, 40, 16), unit_rows(rng, 23, 16)], "e")
-    m = ix.build_index(tmp_path / "train", tmp_path / "idx", recall_queries=50, recall_k=5, chunk_rows=128)
+    m = ix.index_build(tmp_path / "train", tmp_path / "idx", recall_queries=50, k=5, chunk_rows=128)
     infos = read_json(tmp_path / "idx" / "infos.json")
     assert infos["factory"] == "Flat" and infos["metric"] == "ip" and (infos["count"], infos["dim"]) == (505, 16)
     assert m["recall"] == {"k": 5, "queries": 50, "recall_at_k": 1.0}
     T, tkeys = _stored(tmp_path / "train")
     assert pq.read_table(tmp_path / "idx" / "keys.parquet").column("key").to_pylist() == tkeys.tolist()
 
-    s = ix.search_index(tmp_path / "idx", tmp_path / "eval", tmp_path / "out", k=7, recall_queries=20, chunk_rows=25)
-    assert s["recall"]["recall_at_k"] == 1.0 and s["counts"]["pairs"] == 63 * 7
+    s = ix.index_search(tmp_path / "idx", {"e": tmp_path / "eval"}, tmp_path / "out", k=7, recall_queries=20, chunk_rows=25)
+    assert s["recall"]["e"]["recall_at_k"] == 1.0 and s["counts"]["e"]["pairs"] == 63 * 7
     Q, qkeys = _stored(tmp_path / "eval")
     order, scores = _brute(Q, T, 7)
-    got = pq.read_table(tmp_path / "out" / "neighbors.parquet").to_pandas()
+    got = pq.read_table(tmp_path / "out" / "eval" / "e.parquet").to_pandas()
     assert list(got.columns) == ["query_key", "rank", "train_key", "score", "train_row"]
     assert got["query_key"].tolist() == np.repeat(qkeys, 7).tolist()
     assert got["rank"].tolist() == np.tile(np.arange(7), 63).tolist()
@@ -163,8 +163,8 @@ def _check_search_recall(out, train, k):
     """Recompute the search's recall from its own output vs numpy brute force."""
     T, _ = _stored(train)
     Q, qkeys = _stored(out.parent / "eval")
-    got = pq.read_table(out / "neighbors.parquet").to_pandas()
-    rec = pq.read_table(out / "recall.parquet").to_pandas()
+    got = pq.read_table(out / "eval" / "e.parquet").to_pandas()
+    rec = pq.read_table(out / "recall" / "e.parquet").to_pandas()
     pos = {key: i for i, key in enumerate(qkeys)}
     rows = np.array([pos[key] for key in rec["query_key"]])
     ann = np.full((len(rows), k), -1)
@@ -173,7 +173,7 @@ def _check_search_recall(out, train, k):
         ann[i, hits["rank"].to_numpy()] = hits["train_row"].to_numpy()
     mine = _recall(ann, _brute(Q[rows], T, k)[0])
     np.testing.assert_allclose(rec["recall"].to_numpy(), mine)
-    assert read_json(out / "manifest.json")["recall"]["recall_at_k"] == pytest.approx(mine.mean(), abs=1e-12)
+    assert read_json(out / "manifest.json")["recall"]["e"]["recall_at_k"] == pytest.approx(mine.mean(), abs=1e-12)
     return mine.mean()
 
 
@@ -182,10 +182,10 @@ def test_reported_recall_equals_an_independent_recall(tmp_path):
     x, _ = _clusters(rng, 3000, spread=0.6)
     _store(tmp_path / "train", [x[:1700], x[1700:]], "t")
     _store(tmp_path / "eval", [_clusters(rng, 150, spread=0.6)[0]], "e")
-    ix.build_index(tmp_path / "train", tmp_path / "idx", factory="IVF32,Flat", recall_queries=120, chunk_rows=1000)
+    ix.index_build(tmp_path / "train", tmp_path / "idx", factory="IVF32,Flat", recall_queries=120, chunk_rows=1000)
     assert read_json(tmp_path / "idx" / "infos.json")["search_params"] == {"nprobe": 8}
     r_build = _check_build_recall(tmp_path / "idx", 10)
-    ix.search_index(tmp_path / "idx", tmp_path / "eval", tmp_path / "out", k=10, nprobe=1, recall_queries=60, chunk_rows=64)
+    ix.index_search(tmp_path / "idx", {"e": tmp_path / "eval"}, tmp_path / "out", k=10, nprobe=1, recall_queries=60, chunk_rows=64)
     r_search = _check_search_recall(tmp_path / "out", tmp_path / "train", 10)
     assert 0.05 < r_search < r_build  # nprobe 1 loses neighbours in other lists: the check is not trivial
 
@@ -196,8 +196,8 @@ def test_hnsw_on_clustered_data_reaches_high_recall(tmp_path, caplog):
     _store(tmp_path / "train", [x], "t")
     _store(tmp_path / "eval", [_clusters(rng, 200)[0]], "e")
     with caplog.at_level(logging.WARNING):
-        m = ix.build_index(tmp_path / "train", tmp_path / "idx", factory="HNSW32", recall_queries=200)
-        ix.search_index(tmp_path / "idx", tmp_path / "eval", tmp_path / "out", k=10, recall_queries=100)
+        m = ix.index_build(tmp_path / "train", tmp_path / "idx", factory="HNSW32", recall_queries=200)
+        ix.index_search(tmp_path / "idx", {"e": tmp_path / "eval"}, tmp_path / "out", k=10, recall_queries=100)
     assert read_json(tmp_path / "idx" / "infos.json")["search_params"] == {"efSearch": 256}
     assert m["index"]["factory"] == "HNSW32"
     assert _check_build_recall(tmp_path / "idx", 10) >= 0.9
@@ -209,12 +209,12 @@ def test_ivf_on_uniform_data_has_low_recall_and_warns(tmp_path, caplog):
     rng = np.random.default_rng(3)
     _store(tmp_path / "train", [unit_rows(rng, 4000, 64)], "t")
     _store(tmp_path / "eval", [unit_rows(rng, 100, 64)], "e")
-    ix.build_index(tmp_path / "train", tmp_path / "idx", factory="IVF64,Flat", recall_queries=100)
+    ix.index_build(tmp_path / "train", tmp_path / "idx", factory="IVF64,Flat", recall_queries=100)
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        s = ix.search_index(tmp_path / "idx", tmp_path / "eval", tmp_path / "out", k=10, nprobe=1, recall_queries=100)
-    assert s["recall"]["recall_at_k"] < 0.5
-    assert s["recall"]["recall_at_k"] == pytest.approx(_check_search_recall(tmp_path / "out", tmp_path / "train", 10))
+        s = ix.index_search(tmp_path / "idx", {"e": tmp_path / "eval"}, tmp_path / "out", k=10, nprobe=1, recall_queries=100)
+    assert s["recall"]["e"]["recall_at_k"] < 0.5
+    assert s["recall"]["e"]["recall_at_k"] == pytest.approx(_check_search_recall(tmp_path / "out", tmp_path / "train", 10))
     assert "ANN on this data is unreliable: use `oodlab neighbors` for exact results" in caplog.text
 
 
@@ -224,15 +224,15 @@ def test_mismatched_eval_stores_are_refused(tmp_path):
     _store(tmp_path / "train", [unit_rows(rng, 100, 16)], "t")
     _store(tmp_path / "dim", [unit_rows(rng, 10, 8)], "e")
     _store(tmp_path / "model", [unit_rows(rng, 10, 16)], "e", model=OTHER)
-    ix.build_index(tmp_path / "train", tmp_path / "idx", recall_queries=10)
+    ix.index_build(tmp_path / "train", tmp_path / "idx", recall_queries=10)
     with pytest.raises(IncompatibleError, match="dim 8 but the index"):
-        ix.search_index(tmp_path / "idx", tmp_path / "dim", tmp_path / "o1")
+        ix.index_search(tmp_path / "idx", {"e": tmp_path / "dim"}, tmp_path / "o1")
     with pytest.raises(IncompatibleError, match="tiny-rn .* tiny-vit"):
-        ix.search_index(tmp_path / "idx", tmp_path / "model", tmp_path / "o2")
+        ix.index_search(tmp_path / "idx", {"e": tmp_path / "model"}, tmp_path / "o2")
     with pytest.raises(InputError, match="--nprobe 4 does not apply"):
-        ix.search_index(tmp_path / "idx", tmp_path / "train", tmp_path / "o3", nprobe=4)
+        ix.index_search(tmp_path / "idx", {"e": tmp_path / "train"}, tmp_path / "o3", nprobe=4)
     with pytest.raises(InputError, match="cannot make an index"):
-        ix.build_index(tmp_path / "train", tmp_path / "bad", factory="NoSuchIndex")
+        ix.index_build(tmp_path / "train", tmp_path / "bad", factory="NoSuchIndex")
 
 
 def test_bad_rows_are_refused(tmp_path):
@@ -243,23 +243,23 @@ def test_bad_rows_are_refused(tmp_path):
     emb[7] *= 2
     np.save(path, emb)
     with pytest.raises(InputError, match="row 7 has norm 2.0"):
-        ix.build_index(tmp_path / "train", tmp_path / "idx", recall_queries=0)
+        ix.index_build(tmp_path / "train", tmp_path / "idx", recall_queries=0)
 
 
 def test_rerun_is_skipped_and_other_parameters_are_refused(tmp_path):
     rng = np.random.default_rng(6)
     _store(tmp_path / "train", [unit_rows(rng, 200, 8)], "t")
-    first = ix.build_index(tmp_path / "train", tmp_path / "idx", recall_queries=20)
+    first = ix.index_build(tmp_path / "train", tmp_path / "idx", recall_queries=20)
     files = {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()}
     stamp = (tmp_path / "idx" / "knn.index").stat().st_mtime_ns
-    assert ix.build_index(tmp_path / "train", tmp_path / "idx", recall_queries=20) == first
+    assert ix.index_build(tmp_path / "train", tmp_path / "idx", recall_queries=20) == first
     assert (tmp_path / "idx" / "knn.index").stat().st_mtime_ns == stamp
     with pytest.raises(IncompatibleError, match="other inputs or parameters"):
-        ix.build_index(tmp_path / "train", tmp_path / "idx", recall_queries=30)
+        ix.index_build(tmp_path / "train", tmp_path / "idx", recall_queries=30)
     (tmp_path / "idx" / "manifest.json").unlink()  # as if killed before completion
-    ix.build_index(tmp_path / "train", tmp_path / "idx", recall_queries=20)
+    ix.index_build(tmp_path / "train", tmp_path / "idx", recall_queries=20)
     assert {p.name: p.read_bytes() for p in (tmp_path / "idx").iterdir()} == files
-    ix.build_index(tmp_path / "train", tmp_path / "idx", recall_queries=30, overwrite=True)
+    ix.index_build(tmp_path / "train", tmp_path / "idx", recall_queries=30, overwrite=True)
     assert read_json(tmp_path / "idx" / "manifest.json")["recall"]["queries"] == 30
 
 
@@ -268,15 +268,15 @@ def test_cli_build_and_search(tmp_path):
     _store(tmp_path / "train", [unit_rows(rng, 120, 12), unit_rows(rng, 80, 12)], "t")
     _store(tmp_path / "eval", [unit_rows(rng, 30, 12)], "e")
     runner = CliRunner()
-    built = runner.invoke(app, ["index", "build", str(tmp_path / "train"), "--out", str(tmp_path / "idx"),
-                                "--recall-queries", "40", "--recall-k", "3", "--chunk-rows", "64"])
+    built = runner.invoke(app, ["index", "build", "--store", str(tmp_path / "train"), "--out", str(tmp_path / "idx"),
+                                "--recall-queries", "40", "--k", "3", "--chunk-rows", "64"])
     assert built.exit_code == 0, built.output
-    found = runner.invoke(app, ["index", "search", str(tmp_path / "idx"), "--eval", str(tmp_path / "eval"),
+    found = runner.invoke(app, ["index", "search", "--index", str(tmp_path / "idx"), "--eval-store", f"e={tmp_path / 'eval'}",
                                 "--out", str(tmp_path / "out"), "--k", "4", "--recall-queries", "30"])
     assert found.exit_code == 0, found.output
     T, tkeys = _stored(tmp_path / "train")
     Q, _ = _stored(tmp_path / "eval")
-    got = pq.read_table(tmp_path / "out" / "neighbors.parquet").column("train_key").to_pylist()
+    got = pq.read_table(tmp_path / "out" / "eval" / "e.parquet").column("train_key").to_pylist()
     assert got == tkeys[_brute(Q, T, 4)[0]].ravel().tolist()
     assert read_json(tmp_path / "idx" / "manifest.json")["recall"]["k"] == 3
-    assert read_json(tmp_path / "out" / "manifest.json")["recall"]["recall_at_k"] == 1.0
+    assert read_json(tmp_path / "out" / "manifest.json")["recall"]["e"]["recall_at_k"] == 1.0

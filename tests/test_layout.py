@@ -84,3 +84,14 @@ def test_no_import_cycles():
 def test_the_layer_table_names_every_package():
     packages = {m.split(".")[1] for m in _modules() if "." in m}
     assert packages <= set(LAYERS), packages - set(LAYERS)
+
+
+def test_stages_do_not_import_each_other():
+    """A stage builds on others' artifacts, not their code: only the experiments compose stages
+    (the store checks and the printed training commands are libraries the stages use, not stages)."""
+    from oodlab.cli.commands import COMMANDS
+
+    stages = {c.target.split(":")[0] for c in COMMANDS if not c.name.startswith("store ") and c.name != "train-commands"}
+    bad = [f"{m} -> {o}" for m, imported in _graph().items() if not m.startswith(("oodlab.experiments", "oodlab.cli"))
+           for o in imported & stages - {m} if not o.startswith(m + ".")]  # a package re-exports its modules
+    assert not bad, bad

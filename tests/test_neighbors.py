@@ -79,13 +79,13 @@ def pd_concat(frames):
     return pd.concat(frames, ignore_index=True)
 
 
-@pytest.mark.parametrize("precision,chunk_rows", [("bf16", 64), ("bf16", 4096), ("fp32", 100)])
-def test_outputs_equal_brute_force(neighbor_stores, precision, chunk_rows):
+@pytest.mark.parametrize("screen,chunk_rows", [("bf16", 64), ("bf16", 4096), ("fp32", 100)])
+def test_outputs_equal_brute_force(neighbor_stores, screen, chunk_rows):
     root, train_keys = neighbor_stores
-    out = root / f"out-{precision}-{chunk_rows}"
+    out = root / f"out-{screen}-{chunk_rows}"
     k = 20  # larger than the 3-row part
-    neighbors(root / "train", {"a": root / "a", "b": root / "b"}, out, k=k, reference={"inet": root / "ref"},
-              chunk_rows=chunk_rows, precision=precision)
+    neighbors(root / "train", {"a": root / "a", "b": root / "b"}, out, k=k, reference_stores={"inet": root / "ref"},
+              chunk_rows=chunk_rows, screen=screen)
     T, R = _stored(root / "train"), _stored(root / "ref")
     train_table = _read_train(out)
     assert train_table["key"].tolist() == train_keys.tolist()
@@ -132,22 +132,22 @@ def test_float32_stores_and_threshold_files(tmp_path):
     assert st.EmbeddingStore(tmp_path / "train").dtype == "float32"
     t = np.sort(rng.uniform(0.2, 0.6, 30))[::-1].copy()  # thresholds in reverse order: the engine sorts them
     pq.write_table(pa.table({"key": [f"e0_{j}" for j in range(30)][::-1], "threshold": t[::-1]}), tmp_path / "t.parquet")
-    neighbors(tmp_path / "train", {"e": tmp_path / "e"}, tmp_path / "out", k=3, thresholds={"e": tmp_path / "t.parquet"})
+    neighbors(tmp_path / "train", {"e": tmp_path / "e"}, tmp_path / "out", k=3, threshold_files={"e": tmp_path / "t.parquet"})
     train_table = _read_train(tmp_path / "out")
     M = E @ T.T - t[:, None]
     np.testing.assert_allclose(train_table["margin__e"], M.max(0), atol=1e-9)
     assert train_table["margin_argmax__e"].tolist() == [f"e0_{j}" for j in M.argmax(0)]
 
 
-@pytest.mark.parametrize("precision,backend", [("bf16", "numba"), ("bf16", "torch"), ("fp32", "torch")])
-def test_engine_backends_with_many_sets_and_tiny_chunks_match_numpy(precision, backend):
+@pytest.mark.parametrize("screen,backend", [("bf16", "numba"), ("bf16", "torch"), ("fp32", "torch")])
+def test_engine_backends_with_many_sets_and_tiny_chunks_match_numpy(screen, backend):
     rng = np.random.default_rng(3)
     T = unit_rows(rng, 500, 32).astype(np.float16)
     T[400] = T[7]  # a tie across chunks
     sets = [unit_rows(rng, n, 32).astype(np.float16).astype(np.float32) for n in (1, 64, 65, 130)]
     ts = [rng.uniform(0.2, 0.6, len(e)) for e in sets]
     engine = StreamingNeighbors([EvalSet(f"s{i}", e, np.arange(len(e)), ts[i] if i % 2 else None) for i, e in enumerate(sets)],
-                                k=5, precision=precision, backend=backend)
+                                k=5, screen=screen, backend=backend)
     assert engine.backend == backend
     results = [engine.process(T[s : s + 37], s) for s in range(0, len(T), 37)]
     top = engine.topk_result()
@@ -197,7 +197,7 @@ def test_kill_9_then_resume_equals_clean_run(tmp_path):
     _store(tmp_path / "train", [unit_rows(rng, 2000, 64) for _ in range(n_parts)], "t")
     _store(tmp_path / "e", [unit_rows(rng, 1500, 64)], "e")
     _store(tmp_path / "ref", [unit_rows(rng, 500, 64)], "r")
-    args = ["--train", str(tmp_path / "train"), "--eval", f"e={tmp_path / 'e'}", "--reference", f"r={tmp_path / 'ref'}",
+    args = ["--train-store", str(tmp_path / "train"), "--eval-store", f"e={tmp_path / 'e'}", "--reference-store", f"r={tmp_path / 'ref'}",
             "--k", "5", "--chunk-rows", "512"]
     cli = [sys.executable, "-m", "oodlab", "neighbors", *args, "--out"]
     out = tmp_path / "killed"

@@ -8,10 +8,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-import oodlab.cli.subsets  # noqa: F401  (registers the commands)
-from oodlab.cli._app import app
+from oodlab.cli import app
 from oodlab.embeddings import store as st
 from oodlab.similarity.neighbors import neighbors
 from oodlab.subsets.prune import prune_aligned, prune_far, prune_near, prune_random
@@ -59,7 +58,7 @@ def prune_inputs(tmp_path_factory):
     ref = unit_rows(rng, 60, D)
     ref[0] = r  # u's nearest reference row (random rows are far below 0.75 in 32 dims)
     _store(root / "ref", [ref], "r")
-    neighbors(root / "train", {"a": root / "a", "b": root / "b"}, root / "nb", k=3, reference={"ref": root / "ref"})
+    neighbors(root / "train", {"a": root / "a", "b": root / "b"}, root / "nb", k=3, reference_stores={"ref": root / "ref"})
     load = lambda name: st.EmbeddingStore(root / name).read_all()[0].astype(np.float64)  # noqa: E731
     T, A, B, R = (load(n) for n in ("train", "a", "b", "ref"))
     sims = {"a": A @ T.T, "b": B @ T.T}
@@ -110,7 +109,7 @@ def test_near_threshold_single_eval_and_argmax(prune_inputs, tmp_path):
     root, train_keys, sims, _ = prune_inputs
     score = _score32(sims, ["b"])
     t = float(np.sort(score)[200])  # a value in the data: score == t is kept
-    prune_near(root / "nb", tmp_path / "o", evals=["b"], threshold=t)
+    prune_near(root / "nb", tmp_path / "o", eval_sets=["b"], threshold=t)
     assert _keys(tmp_path / "o" / "removed.parquet") == train_keys[score > t].tolist()
     kept = pq.read_table(tmp_path / "o" / "kept.parquet").to_pandas()
     assert kept["key"].tolist() == train_keys[score <= t].tolist()
@@ -144,7 +143,7 @@ def test_aligned_exact_with_planted_tie_and_union_counts(prune_inputs, tmp_path)
     removed = pq.read_table(tmp_path / "o" / "removed.parquet").to_pandas()
     np.testing.assert_allclose(removed["score"], np.maximum(margins["a"], margins["b"])[union], atol=1e-9)
     # one eval set alone
-    prune_aligned(root / "nb", tmp_path / "a", evals=["a"])
+    prune_aligned(root / "nb", tmp_path / "a", eval_sets=["a"])
     assert _keys(tmp_path / "a" / "removed.parquet") == train_keys[flag["a"]].tolist()
 
 
@@ -156,10 +155,10 @@ def test_aligned_refuses_folder_without_margins(prune_inputs, tmp_path):
     for p in (tmp_path / "nb" / "train").glob("*.parquet"):
         t = pq.read_table(p)
         pq.write_table(t.select([c for c in t.column_names if not c.startswith("margin")]), p)
-    with pytest.raises(InputError, match="margin__a.*--reference"):
-        prune_aligned(tmp_path / "nb", tmp_path / "o", evals=["a"])
+    with pytest.raises(InputError, match="margin__a.*--reference-store"):
+        prune_aligned(tmp_path / "nb", tmp_path / "o", eval_sets=["a"])
     with pytest.raises(InputError, match="no column"):
-        prune_near(root / "nb", tmp_path / "o", evals=["zzz"], keep=3)
+        prune_near(root / "nb", tmp_path / "o", eval_sets=["zzz"], keep=3)
     with pytest.raises(InputError, match="exactly one"):
         prune_near(root / "nb", tmp_path / "o", keep=3, threshold=0.5)
 
@@ -172,7 +171,7 @@ def _priority(key, seed):
 def test_random_is_uniform_seeded_and_matches_the_documented_draw(tmp_path):
     keys = [f"{s:05d}{i:04d}" for s in range(20) for i in range(1000)]  # 20 "shards" of 1000
     (tmp_path / "pool.txt").write_text("\n".join(keys) + "\n")
-    m1 = prune_random(tmp_path / "pool.txt", tmp_path / "r1", keep=5000, seed=7)
+    m1 = prune_random(tmp_path / "r1", keys=tmp_path / "pool.txt", keep=5000, seed=7)
     kept = _keys(tmp_path / "r1" / "kept.parquet")
     expected = sorted(range(len(keys)), key=lambda j: (_priority(keys[j], 7), j))[:5000]
     assert kept == [keys[j] for j in sorted(expected)]
@@ -180,22 +179,22 @@ def test_random_is_uniform_seeded_and_matches_the_documented_draw(tmp_path):
     per_shard = np.bincount([int(k[:5]) for k in kept], minlength=20)
     chi2 = ((per_shard - 250) ** 2 / 250).sum()
     assert chi2 < 45, per_shard  # 19 dof: p ~ 0.001; the reference code's truncation gives 5 full shards
-    prune_random(tmp_path / "pool.txt", tmp_path / "r2", keep=5000, seed=7)
+    prune_random(tmp_path / "r2", keys=tmp_path / "pool.txt", keep=5000, seed=7)
     assert (tmp_path / "r1" / "kept.parquet").read_bytes() == (tmp_path / "r2" / "kept.parquet").read_bytes()
-    prune_random(tmp_path / "pool.txt", tmp_path / "r3", keep=5000, seed=8)
+    prune_random(tmp_path / "r3", keys=tmp_path / "pool.txt", keep=5000, seed=8)
     assert _keys(tmp_path / "r3" / "kept.parquet") != kept
     # --like: the size of another key list; nested for one seed
-    m4 = prune_random(tmp_path / "pool.txt", tmp_path / "r4", like=tmp_path / "r1" / "removed.parquet", seed=7)
+    m4 = prune_random(tmp_path / "r4", keys=tmp_path / "pool.txt", like=tmp_path / "r1" / "removed.parquet", seed=7)
     assert m4["counts"]["kept"] == 15000 and set(kept) <= set(_keys(tmp_path / "r4" / "kept.parquet"))
     with pytest.raises(InputError, match="exceeds"):
-        prune_random(tmp_path / "pool.txt", tmp_path / "r5", keep=20001)
+        prune_random(tmp_path / "r5", keys=tmp_path / "pool.txt", keep=20001)
 
 
 def test_rules_chain_with_keep_from(prune_inputs, tmp_path):
     root, train_keys, sims, _ = prune_inputs
     prune_near(root / "nb", tmp_path / "near", keep=200)
     first = _keys(tmp_path / "near" / "kept.parquet")
-    m = prune_random(root / "nb", tmp_path / "rand", keep=50, seed=1, keep_from=tmp_path / "near" / "kept.parquet")
+    m = prune_random(tmp_path / "rand", neighbors=root / "nb", keep=50, seed=1, keep_from=tmp_path / "near" / "kept.parquet")
     second = _keys(tmp_path / "rand" / "kept.parquet")
     assert len(second) == 50 and set(second) <= set(first)
     assert m["counts"]["considered"] == 200 and m["counts"]["removed"] == 150
@@ -211,10 +210,12 @@ def test_rules_chain_with_keep_from(prune_inputs, tmp_path):
 def test_cli_prune(prune_inputs, tmp_path):
     root, train_keys, _, margins = prune_inputs
     runner = CliRunner()
-    result = runner.invoke(app, ["prune", "aligned", str(root / "nb"), "--out", str(tmp_path / "o"), "--eval", "a"])
+    result = runner.invoke(app, ["prune", "aligned", "--neighbors", str(root / "nb"), "--out", str(tmp_path / "o"),
+                                 "--eval-set", "a"])
     assert result.exit_code == 0, result.output
     assert _keys(tmp_path / "o" / "removed.parquet") == train_keys[margins["a"] > 0].tolist()
-    result = runner.invoke(app, ["prune", "random", str(root / "train"), "--out", str(tmp_path / "r"), "--keep", "10", "--seed", "3"])
+    result = runner.invoke(app, ["prune", "random", "--store", str(root / "train"), "--out", str(tmp_path / "r"), "--keep", "10",
+                                 "--seed", "3"])
     assert result.exit_code == 0, result.output
     manifest = json.loads((tmp_path / "r" / "manifest.json").read_text())
     assert manifest["counts"]["kept"] == 10 and manifest["parameters"]["seed"] == 3

@@ -6,7 +6,7 @@ import pytest
 
 from oodlab.embeddings import store as st
 from oodlab.embeddings.store import EmbeddingStore
-from oodlab.embeddings.validate import find_duplicate_keys, store_info, validate_store
+from oodlab.embeddings.validate import find_duplicate_keys, store_info, store_validate
 from oodlab.utils.errors import InputError
 from tests.helpers import unit_rows, write_clip_retrieval_folder
 
@@ -51,7 +51,7 @@ def test_clip_retrieval_folder_without_sidecar(tmp_path):
     assert k.tolist() == sum(keys, [])
     info = store_info(tmp_path)
     assert info["count"] == 13 and info["dim"] == 8 and info["sidecar"] is False and info["model"] is None
-    assert validate_store(tmp_path) == []
+    assert store_validate(tmp_path) == []
 
 
 def test_configurable_key_column_and_int_keys(tmp_path):
@@ -70,7 +70,7 @@ def test_configurable_key_column_and_int_keys(tmp_path):
 
 
 def _problems(tmp_path):
-    return "\n".join(validate_store(tmp_path))
+    return "\n".join(store_validate(tmp_path))
 
 
 def test_validate_finds_nan_and_unnormalised_rows(tmp_path):
@@ -260,7 +260,7 @@ def _store_with_marker_rows(path, recorded):
 
 def test_validate_accepts_zero_text_rows_only_for_recorded_keys(tmp_path):
     _store_with_marker_rows(tmp_path / "ok", ["k1", "k3"])
-    assert validate_store(tmp_path / "ok") == []
+    assert store_validate(tmp_path / "ok") == []
     _store_with_marker_rows(tmp_path / "one", ["k1"])
     text = _problems(tmp_path / "one")
     assert "part 0 (text_emb_0.npy): 1 rows not unit-norm" in text and "first rows [3]" in text

@@ -14,10 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from braceexpand import braceexpand
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
-import oodlab.cli.subsets  # noqa: F401  (registers the commands)
-from oodlab.cli._app import app
+from oodlab.cli import app
 from oodlab.data.shards import _stream_tar_samples, iter_tar_samples
 from oodlab.data.tarformat import TruncatedShardError
 from oodlab.subsets.reshard import subset
@@ -63,7 +62,7 @@ def test_round_trip_bytes_counts_missing_and_duplicates(source, tmp_path):
     rng = np.random.default_rng(0)
     wanted = [order[i] for i in rng.permutation(len(order))[:60]]
     requested = wanted + ["999999999", "nope"] + wanted[:4] + wanted[:1]  # 2 missing, 4 repeated keys
-    manifest = subset(_write_keys(tmp_path / "keys.parquet", requested), [root / "src"], tmp_path / "out", per_shard=7)
+    manifest = subset(_write_keys(tmp_path / "keys.parquet", requested), [root / "src"], tmp_path / "out", per_shard=7, workers=0)
     out = tmp_path / "out"
     expected_order = [k for k in order if k in set(wanted)]  # input shard order, then tar order
     tars = sorted(out.glob("*.tar"))
@@ -103,19 +102,21 @@ def test_round_trip_bytes_counts_missing_and_duplicates(source, tmp_path):
     keys = [s["__key__"] for s in wds.WebDataset(args["train_data"], shardshuffle=False)]
     assert keys == expected_order
     # re-running a completed run returns its manifest; other keys into the same folder are refused
-    assert subset(tmp_path / "keys.parquet", [root / "src"], out, per_shard=7) == manifest
-    with pytest.raises(InputError, match="other keys"):
-        subset(_write_keys(tmp_path / "k2.parquet", wanted[:5]), [root / "src"], out, per_shard=7)
+    assert subset(tmp_path / "keys.parquet", [root / "src"], out, per_shard=7, workers=0) == manifest
+    with pytest.raises(InputError, match=r"inputs\.keys_sha256"):
+        subset(_write_keys(tmp_path / "k2.parquet", wanted[:5]), [root / "src"], out, per_shard=7, workers=0)
 
 
 def test_workers_do_not_change_the_output_and_text_keys(source, tmp_path):
     root, _, order = source
     (tmp_path / "keys.txt").write_text("\n".join(order[::3]) + "\n\n")
-    subset(tmp_path / "keys.txt", [str(root / "src" / "{00000..00003}.tar")], tmp_path / "a", per_shard=5, workers=1)
+    subset(tmp_path / "keys.txt", [str(root / "src" / "{00000..00003}.tar")], tmp_path / "a", per_shard=5, workers=0)
     subset(tmp_path / "keys.txt", [str(root / "src" / "{00000..00003}.tar")], tmp_path / "b", per_shard=5, workers=2)
     a, b = tree_bytes(tmp_path / "a"), tree_bytes(tmp_path / "b")
     assert a.keys() == b.keys()
-    assert {k: v for k, v in a.items() if k != "openclip.json"} == {k: v for k, v in b.items() if k != "openclip.json"}
+    # openclip.json names the output folder; run.json records the workers setting
+    same = lambda tree: {k: v for k, v in tree.items() if k not in ("openclip.json", "run.json")}  # noqa: E731
+    assert same(a) == same(b)
 
 
 def test_kill_and_resume_is_byte_identical(tmp_path, monkeypatch):
@@ -123,11 +124,11 @@ def test_kill_and_resume_is_byte_identical(tmp_path, monkeypatch):
     keys = [f"{s:05d}{i:04d}" for s in range(24) for i in range(0, 12, 2)]
     _write_keys(tmp_path / "keys.parquet", keys)
     call = (f"from oodlab.subsets import subset; subset({str(tmp_path / 'keys.parquet')!r}, "
-            f"[{str(tmp_path / 'src')!r}], 'out', per_shard=3)")
+            f"[{str(tmp_path / 'src')!r}], 'out', per_shard=3, workers=0)")
     for name in ("clean", "killed"):
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path / "clean")
-    subset(tmp_path / "keys.parquet", [tmp_path / "src"], "out", per_shard=3)
+    subset(tmp_path / "keys.parquet", [tmp_path / "src"], "out", per_shard=3, workers=0)
     killed = tmp_path / "killed" / "out"
     units = lambda: len(list((killed / ".staging" / "index").glob("*.npz"))) + len(list(killed.glob("*.tar")))  # noqa: E731
     done = kill_9_midway([sys.executable, "-c", call], units, at_least=30, cwd=tmp_path / "killed")
@@ -155,7 +156,7 @@ def test_member_paths_that_escape_are_refused(tmp_path, name):
     _evil_tar(tmp_path / "evil.tar", name)
     _write_keys(tmp_path / "keys.parquet", ["000000000", "000000001"])
     for reader in (lambda: list(iter_tar_samples(tmp_path / "evil.tar")), lambda: index_tar(tmp_path / "evil.tar"),
-                   lambda: subset(tmp_path / "keys.parquet", [tmp_path / "evil.tar"], tmp_path / "out")):
+                   lambda: subset(tmp_path / "keys.parquet", [tmp_path / "evil.tar"], tmp_path / "out", workers=0)):
         with pytest.raises(InputError, match="escapes its folder"):
             reader()
     assert not list(tmp_path.glob("out/*.tar")) and not (tmp_path / "000000001.jpg").exists()
@@ -238,7 +239,7 @@ def test_upper_case_extensions_and_underscore_keys_are_copied_byte_for_byte(tmp_
             info.size = len(payload)
             tf.addfile(info, io.BytesIO(payload))
     wanted = ["000000000", "__notes", "000000002", "__a_b", long, "__meta__", "__x__"]
-    manifest = subset(_write_keys(tmp_path / "keys.parquet", wanted), [tmp_path / "src"], tmp_path / "out", per_shard=10)
+    manifest = subset(_write_keys(tmp_path / "keys.parquet", wanted), [tmp_path / "src"], tmp_path / "out", per_shard=10, workers=0)
     expected = ["000000000", "__notes", "000000002", "__a_b", long]  # tar order; __meta__, __x__ are not samples
     assert manifest["outputs"]["missing_keys"] == ["__meta__", "__x__"]
     source, out = _spans(tmp_path / "src" / "00000.tar"), tmp_path / "out" / "00000.tar"
@@ -258,7 +259,7 @@ def test_a_key_in_two_inputs_is_written_once(tmp_path):
     write_shards(tmp_path / "a", n_shards=1, per_shard=4, seed=0)
     write_shards(tmp_path / "b", n_shards=1, per_shard=4, seed=1)  # same keys, other bytes
     m = subset(_write_keys(tmp_path / "k.parquet", ["000000001", "000000003"]),
-               [tmp_path / "b" / "00000.tar", tmp_path / "a" / "00000.tar"], tmp_path / "out", per_shard=10)
+               [tmp_path / "b" / "00000.tar", tmp_path / "a" / "00000.tar"], tmp_path / "out", per_shard=10, workers=0)
     assert m["counts"]["written"] == 2 and m["counts"]["duplicate_source_keys"] == 2
     got, _ = _members(tmp_path / "out" / "00000.tar")
     want, _ = _members(tmp_path / "b" / "00000.tar")  # the first input given wins
@@ -268,8 +269,8 @@ def test_a_key_in_two_inputs_is_written_once(tmp_path):
 def test_cli_subset(source, tmp_path):
     root, _, order = source
     _write_keys(tmp_path / "k.parquet", order[:30])
-    result = CliRunner().invoke(app, ["subset", str(tmp_path / "k.parquet"), "--shards", str(root / "src"),
-                                      "--out", str(tmp_path / "out"), "--per-shard", "8"])
+    result = CliRunner().invoke(app, ["subset", "--keys", str(tmp_path / "k.parquet"), "--data", str(root / "src"),
+                                      "--out", str(tmp_path / "out"), "--per-shard", "8", "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert [len(_members(t)[1]) for t in sorted((tmp_path / "out").glob("*.tar"))] == [8, 8, 8, 6]
 
@@ -365,7 +366,7 @@ def test_img2dataset_columns_and_stats_are_kept(img2dataset_source, tmp_path):
     all_keys = [r["key"] for t in tars if t.with_suffix(".parquet").exists() for r in pq.read_table(t.with_suffix(".parquet")).to_pylist()]
     all_keys += [k for k in order if k.startswith("00002") or k in ("000010002", "000010017")]
     wanted = [k for k in all_keys if rng.random() < 0.75] + ["000010002", "000010017"]
-    m = subset(_write_keys(tmp_path / "k.parquet", wanted), [root], tmp_path / "out", per_shard=8)
+    m = subset(_write_keys(tmp_path / "k.parquet", wanted), [root], tmp_path / "out", per_shard=8, workers=0)
     out = tmp_path / "out"
     written = [k for k in order if k in set(wanted)]
     assert m["counts"]["written"] == len(written) and m["counts"]["missing"] == len(set(wanted) - set(order))
@@ -419,7 +420,7 @@ def test_parquet_columns_that_disagree_are_refused(tmp_path):
                    tmp_path / "src" / "00001.parquet")
     keys = _write_keys(tmp_path / "k.parquet", [f"{s:05d}{i:04d}" for s in range(2) for i in range(6)])
     with pytest.raises(InputError, match="00001.parquet.*does not agree"):
-        subset(keys, [tmp_path / "src"], tmp_path / "out")
+        subset(keys, [tmp_path / "src"], tmp_path / "out", workers=0)
     pq.write_table(t.drop_columns(["key"]), tmp_path / "src" / "00001.parquet")
     with pytest.raises(InputError, match="no string column 'key'"):
-        subset(keys, [tmp_path / "src"], tmp_path / "out2")
+        subset(keys, [tmp_path / "src"], tmp_path / "out2", workers=0)

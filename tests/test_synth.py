@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from oodlab.data.shards import iter_tar_samples
-from oodlab.data.synth import PRESETS, generate_world
+from oodlab.data.synth import PRESETS, synth
 from oodlab.utils.errors import InputError
 from oodlab.utils.hashing import sha256_file
 
@@ -33,13 +33,15 @@ TERMS = {
 
 @pytest.fixture(scope="module")
 def tiny_world_seed0(tmp_path_factory) -> tuple[Path, dict]:
-    """(folder, its world.json as returned by generate_world) of the tiny-preset world of seed 0."""
+    """(folder, its world.json as returned by synth) of the tiny-preset world of seed 0."""
     root = tmp_path_factory.mktemp("synth") / "world"
-    return root, generate_world(root, preset="tiny", seed=0, workers=1)
+    return root, synth(root, preset="tiny", seed=0, workers=0)
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
+    """sha256 of every file of a world but run.json, the record of how it was run (its workers)."""
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*"))
+            if p.is_file() and p.name != "run.json"}
 
 
 def _pixels(source) -> np.ndarray:
@@ -60,7 +62,7 @@ def _words(text: str, word: str) -> bool:
 def test_same_seed_gives_identical_files_for_any_worker_count(tiny_world_seed0, tmp_path):
     root, _ = tiny_world_seed0
     again = tmp_path / "again"
-    generate_world(again, preset="tiny", seed=0, workers=2)
+    synth(again, preset="tiny", seed=0, workers=2)
     assert _hashes(again) == _hashes(root)
 
 
@@ -69,11 +71,10 @@ def test_other_seed_and_overrides_with_overwrite(tiny_world_seed0, tmp_path):
     target = tmp_path / "w"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    with pytest.raises(InputError, match="already exists"):
-        generate_world(target, preset="tiny", seed=1, workers=1)
+    with pytest.raises(InputError, match="holds files that no synth run wrote"):
+        synth(target, preset="tiny", seed=1, workers=0)
     assert (target / "stale.txt").exists()
-    other = generate_world(target, preset="tiny", seed=1, workers=1, rendition_share=0.0, duplicate_share=0.0,
-                           overwrite=True)
+    other = synth(target, preset="tiny", seed=1, workers=0, rendition_share=0.0, duplicate_share=0.0, overwrite=True)
     assert not (target / "stale.txt").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["w"]  # no temporaries left
     # the folder datasets do not depend on the pool's overrides: they differ by the seed alone
@@ -93,29 +94,33 @@ def test_other_seed_and_overrides_with_overwrite(tiny_world_seed0, tmp_path):
 
 def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(InputError, match="unknown preset"):
-        generate_world(tmp_path / "x", preset="huge")
+        synth(tmp_path / "x", preset="huge")
     with pytest.raises(InputError, match="rendition_share"):
-        generate_world(tmp_path / "x", preset="tiny", rendition_share=1.5)
+        synth(tmp_path / "x", preset="tiny", rendition_share=1.5)
     with pytest.raises(InputError, match="workers"):
-        generate_world(tmp_path / "x", preset="tiny", workers=0)
+        synth(tmp_path / "x", preset="tiny", workers=-1)
     assert not (tmp_path / "x").exists()
 
 
-def test_failed_run_leaves_nothing(tmp_path, monkeypatch):
+def test_a_failed_run_looks_unfinished_and_a_rerun_completes_it(tiny_world_seed0, tmp_path, monkeypatch):
     import oodlab.data.synth.world as world_module
 
     calls = []
+    render = world_module.render
 
-    def broken(spec, size):
-        calls.append(spec)
+    def broken(*args, **kwargs):
+        calls.append(1)
         if len(calls) > 150:
             raise RuntimeError("killed")
-        return Image.new("RGB", (size, size))
+        return render(*args, **kwargs)
 
     monkeypatch.setattr(world_module, "render", broken)
     with pytest.raises(RuntimeError, match="killed"):
-        generate_world(tmp_path / "w", preset="tiny", workers=1)
-    assert list(tmp_path.iterdir()) == []
+        synth(tmp_path / "w", preset="tiny", seed=0, workers=0)
+    assert not (tmp_path / "w" / "world.json").exists() and not (tmp_path / "w" / "manifest.json").exists()
+    monkeypatch.setattr(world_module, "render", render)
+    synth(tmp_path / "w", preset="tiny", seed=0, workers=0)
+    assert _hashes(tmp_path / "w") == _hashes(tiny_world_seed0[0])
 
 
 def test_counts_and_class_folders_match_disk(tiny_world_seed0):

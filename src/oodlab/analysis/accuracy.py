@@ -132,6 +132,13 @@ def similarity_accuracy(
     check_names(predictions, "eval set")
     folder = NeighborsFolder(neighbors)
     edges_or_bins: int | list[float] = bins if bin_edges is None else [float(b) for b in bin_edges]
+    tables = {}  # every input is read and checked before anything is written
+    for name, pred_path in predictions.items():
+        pred_path = Path(pred_path)
+        sim_keys, sims = nn_similarity(folder.path, name, source)
+        pred_keys, correct = read_correctness(pred_path)
+        sims, correct = join_by_key(sim_keys, sims, pred_keys, correct, SOURCES[source].file(folder, name), pred_path)
+        tables[name] = (accuracy_by_bin(sims, correct, bins=edges_or_bins, binning=binning, confidence=CONFIDENCE), correct)
     run = RunFolder(out, "similarity accuracy",
                     inputs={"neighbors": fingerprint(folder.path),
                             "predictions": {name: fingerprint(p) for name, p in predictions.items()}},
@@ -141,18 +148,12 @@ def similarity_accuracy(
     if done is not None:
         return done
     counts, lines = {}, []
-    for name, pred_path in predictions.items():
-        pred_path = Path(pred_path)
-        sim_keys, sims = nn_similarity(folder.path, name, source)
-        sim_path = SOURCES[source].file(folder, name)
-        pred_keys, correct = read_correctness(pred_path)
-        sims, correct = join_by_key(sim_keys, sims, pred_keys, correct, sim_path, pred_path)
-        table = accuracy_by_bin(sims, correct, bins=edges_or_bins, binning=binning, confidence=CONFIDENCE)
+    for name, (table, correct) in tables.items():
         write_csv(run.out / name / "accuracy.csv", table)
         _plot(table, name, source, binning, float(correct.mean()), run.out / name / "accuracy.png")
         binned = int(table["n"].sum())
-        counts[name] = {"samples": len(sims), "correct": int(correct.sum()), "binned": binned,
-                        "outside_edges": len(sims) - binned, "bins": len(table), "empty_bins": int((table["n"] == 0).sum())}
+        counts[name] = {"samples": len(correct), "correct": int(correct.sum()), "binned": binned,
+                        "outside_edges": len(correct) - binned, "bins": len(table), "empty_bins": int((table["n"] == 0).sum())}
         lines.append(f"{name} accuracy {correct.mean():.3f}, per bin {np.nanmin(table['accuracy']):.3f}.."
                      f"{np.nanmax(table['accuracy']):.3f}")
     manifest = run.finish(counts=counts, model=folder.manifest().get("model"),

@@ -111,6 +111,12 @@ def similarity_gallery(
         paths[name] = folder.eval_file(name)
         if not paths[name].exists():
             raise InputError(paths[name], f"not found (eval set {name!r})", f"eval sets in this run: {folder.eval_sets() or 'none'}")
+    shown = {}  # every image is found before anything is written
+    for name, source in eval_data.items():
+        pairs = select_queries(paths[name], queries, k, seed)
+        query_keys = pairs["query_key"].drop_duplicates().tolist()
+        shown[name] = (pairs, query_keys, read_images(query_keys, source),
+                       read_images(pairs["train_key"].drop_duplicates().tolist(), train_data))
     run = RunFolder(out, "similarity gallery",
                     inputs={"neighbors": fingerprint(folder.path), "eval_data": {n: str(p) for n, p in eval_data.items()},
                             "train_data": [str(p) for p in train_data]},
@@ -119,17 +125,13 @@ def similarity_gallery(
     if done is not None:
         return done
     counts, ranges = {}, []
-    for name, source in eval_data.items():
-        shown = select_queries(paths[name], queries, k, seed)
-        query_keys = shown["query_key"].drop_duplicates().tolist()
-        query_images = read_images(query_keys, source)
-        train_images = read_images(shown["train_key"].drop_duplicates().tolist(), train_data)
-        rows = [(q, [(int(r.rank), r.train_key, float(r.score)) for r in shown[shown["query_key"] == q].itertuples()])
+    for name, (pairs, query_keys, query_images, train_images) in shown.items():
+        rows = [(q, [(int(r.rank), r.train_key, float(r.score)) for r in pairs[pairs["query_key"] == q].itertuples()])
                 for q in query_keys]
         k_shown = max(len(n) for _, n in rows)
         if k_shown < k:
             log.warning("the run holds only %d neighbours per query; showing %d, not %d", k_shown, k_shown, k)
-        write_csv(run.out / name / "gallery.csv", shown)
+        write_csv(run.out / name / "gallery.csv", pairs)
         _plot(rows, query_images, train_images, k_shown, name, run.out / name / "gallery.png")
         write_text(run.out / name / "index.html", _html(rows, query_images, train_images, name, folder.path))
         counts[name] = {"queries": len(rows), "neighbours_per_query": k_shown, "train_images": len(train_images)}

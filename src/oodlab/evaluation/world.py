@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from oodlab.data.synth.plan import DOMAINNET
-from oodlab.data.synth.world import WORLD_JSON
+from oodlab.data.synth.plan import DOMAINNET, WORLD_JSON
 from oodlab.evaluation.classes import ClassSet
 from oodlab.evaluation.specs import DOMAINNET_DOMAINS, WORLD, DatasetSpec
 from oodlab.utils.atomic import read_json

@@ -357,7 +357,7 @@ def index_search(
     apply_search_params(ix, params, folder)
     lookup = KeyLookup(folder / KEYS_FILE)
     recall, counts = {}, {}
-    train = _training_store(built, infos) if recall_queries else None
+    train = _training_store(infos) if recall_queries else None
     with Timer() as total:
         for name, ev in stores.items():
             q_ann, q_rows, pairs = _search_store(ix, ev, lookup, run.out / EVAL_DIR / f"{name}.parquet", k, recall_queries,
@@ -431,9 +431,9 @@ def _search_store(ix: Any, ev: EmbeddingStore, lookup: KeyLookup, path: Path, k:
     return q_ann, q_rows, n_pairs
 
 
-def _training_store(built: dict[str, Any], infos: dict[str, Any]) -> EmbeddingStore:
+def _training_store(infos: dict[str, Any]) -> EmbeddingStore:
     """The index's training store (for exact recall), checked to be unchanged since the build."""
-    path = Path(built["inputs"]["store"])
+    path = Path(infos["store"])
     if not path.exists():
         raise InputError(path, "(the index's training store) is missing, so recall cannot be measured",
                          "restore the store at that path or pass recall_queries=0 / --recall-queries 0")

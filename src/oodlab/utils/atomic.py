@@ -35,7 +35,27 @@ def temp_path_for(path: str | Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
-class PendingPath:
+class CommitOnExit:
+    """Mixin for writers with ``close()`` (commit) and ``abort()`` (discard): used as a context
+    manager, they commit when the block succeeds and discard everything when it raises."""
+
+    def close(self) -> Any:  # pragma: no cover - implemented by the writer
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - implemented by the writer
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class PendingPath(CommitOnExit):
     """A file being written under a temporary name until :meth:`commit`.
 
     ``tmp`` is where to write; :meth:`commit` renames it to ``path`` (replacing what is there),
@@ -61,14 +81,7 @@ class PendingPath:
             self.tmp.unlink(missing_ok=True)
             self._open = False
 
-    def __enter__(self) -> "PendingPath":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.commit()
-        else:
-            self.discard()
+    close, abort = commit, discard  # the CommitOnExit protocol
 
 
 @contextlib.contextmanager
@@ -83,26 +96,6 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs: Any) -> Iterator[I
     """Open a file for writing under a temporary name; it becomes ``path`` when the block succeeds."""
     with atomic_path(path) as tmp, open(tmp, mode, **kwargs) as handle:
         yield handle
-
-
-class CommitOnExit:
-    """Mixin for writers with ``close()`` (commit) and ``abort()`` (discard): used as a context
-    manager, they commit when the block succeeds and discard everything when it raises."""
-
-    def close(self) -> Any:  # pragma: no cover - implemented by the writer
-        raise NotImplementedError
-
-    def abort(self) -> None:  # pragma: no cover - implemented by the writer
-        raise NotImplementedError
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_json(path: str | Path, obj: Any) -> None:

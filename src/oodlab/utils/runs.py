@@ -117,7 +117,7 @@ class RunFolder:
             old = {k: previous.get(k) for k in ("stage", "inputs", "parameters")}
             if old != self.identity:
                 changed = "; ".join(_differences(old, self.identity)[:4])
-                raise IncompatibleError(self.out, f"holds a {previous.get('stage')} run with other inputs or parameters "
+                raise IncompatibleError(self.out, f"holds a run of {previous.get('stage')} with other inputs or parameters "
                                         f"({changed})",
                                         "choose a new output folder, pass the same arguments to resume, or pass "
                                         "overwrite=True (--overwrite) to start afresh")

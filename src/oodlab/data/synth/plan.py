@@ -23,6 +23,8 @@ from oodlab.data.synth.variants import VARIANTS, Variant
 from oodlab.utils.hashing import stable_seed
 
 POOL = "pool"
+#: the world's description, written last by the generator
+WORLD_JSON = "world.json"
 IMAGENET_TRAIN = "imagenet-train"
 DOMAINNET = "domainnet"
 _SEED_BOUND = 2**62

@@ -39,6 +39,7 @@ from oodlab.data.synth.plan import (
     EVAL_SETS,
     IMAGENET_TRAIN,
     POOL,
+    WORLD_JSON,
     WorldPlan,
     build_plan,
     eval_dataset,
@@ -54,7 +55,6 @@ log = logging.getLogger(__name__)
 #: Bumped whenever a change to the drawing or the layout changes the generated files.
 GENERATOR_VERSION = "1"
 GROUND_TRUTH = "ground_truth.parquet"
-WORLD_JSON = "world.json"
 CONTACT_SHEET = "contact_sheet.png"
 
 #: Columns of the pool's parquet files (and fields of each sample's json).
