@@ -144,6 +144,8 @@ def _base(tp):
     if origin is None:
         return tp
     if origin in (typing.Union, __import__("types").UnionType):
+        if len(args) == 1:  # Optional[X]: None means "derived", the type is X's
+            return _base(args[0])
         return tuple(sorted(_base(a).__name__ if isinstance(_base(a), type) else str(_base(a)) for a in args))
     return _base(args[-1])
 
@@ -225,3 +227,35 @@ def test_usage_errors_exit_2_with_the_usage(args, says):
     result = _cli(*args)
     assert result.returncode == 2, result.stderr
     assert says in result.stderr and "Usage:" in result.stderr and "Traceback" not in result.stderr
+
+
+def _documented_commands(text):
+    """``(command, flags)`` of every ``oodlab ...`` command line quoted in ``text``; ``a\\|b``
+    alternatives (table cells) give one command per alternative word."""
+    out = []
+    for quoted in re.findall(r"`(oodlab [^`]+)`", text):
+        words = quoted.replace("\\|", "|").split()[1:]
+        names = [""]
+        for word in words:
+            if word.startswith(("-", "[")) or word.isupper() or word == "...":
+                break
+            names = [f"{n} {alt}".strip() for n in names for alt in word.split("|")]
+        flags = {f.split("=")[0] for w in words for f in re.split(r"[|\[\]]", w) if f.startswith("--")}
+        out += [(name, flags) for name in names]
+    return out
+
+
+@pytest.mark.parametrize("document", ["README.md", "docs/conventions.md", "docs/performance.md"])
+def test_documented_commands_exist_with_their_options(document):
+    """Every quoted ``oodlab`` command line of the docs names a command, and each of its flags is an
+    option of that command (the README's commands run as written)."""
+    found = _documented_commands((REPO / document).read_text())
+    assert found or document != "README.md"
+    from oodlab.cli.commands import GROUPS
+
+    for name, flags in found:
+        if name in GROUPS and not flags:  # a group of commands named as a whole
+            continue
+        assert name in NAMES, f"{document}: `oodlab {name}` is not a command"
+        options = {spec.flag for spec in option_specs(_target(_by_name(name)))} | {"--help"}
+        assert flags <= options, f"{document}: `oodlab {name}` has no {sorted(flags - options)}"

@@ -50,7 +50,7 @@ def balanced_accuracy(labels: np.ndarray, predictions: np.ndarray) -> float:
 
 def test_zero_shot_equals_a_direct_open_clip_computation(tiny_world, checkpoint, tmp_path):
     out = tmp_path / "ev"
-    results = evaluate("tiny-vit", checkpoint, {"val": tiny_world / "eval" / "val", "r": tiny_world / "eval" / "r"}, out,
+    results = evaluate(checkpoint, {"val": tiny_world / "eval" / "val", "r": tiny_world / "eval" / "r"}, out,
                        batch_size=7, workers=1)
     for name, dataset in (("val", "eval/val"), ("r", "eval/r")):
         ref = zero_shot_reference(tiny_world, checkpoint, dataset)
@@ -65,7 +65,8 @@ def test_zero_shot_equals_a_direct_open_clip_computation(tiny_world, checkpoint,
         assert preds["correct"] == [p == lbl for p, lbl in zip(preds["prediction"], preds["label"])]
         np.testing.assert_allclose([s[0] for s in preds["top5_score"]], ref["logits"].max(axis=1), atol=1e-5)
         n_classes = ref["logits"].shape[1]
-        metrics = json.loads((out / "epoch_7" / name / "clip_benchmark.json").read_text())["metrics"]
+        metrics = json.loads((out / "clip_benchmark" / f"{name}_epoch_7_tiny-vit_en_zeroshot_classification.json")
+                             .read_text())["metrics"]
         assert metrics["acc1"] == pytest.approx((ref["logits"].argmax(1) == ref["labels"]).mean(), abs=1e-9)
         assert n_classes >= 5
         assert metrics["acc5"] == pytest.approx(top_k_accuracy(ref["labels"], ref["logits"], 5), abs=1e-9)
@@ -76,8 +77,10 @@ def test_zero_shot_equals_a_direct_open_clip_computation(tiny_world, checkpoint,
 
 def test_clip_benchmark_json_and_outputs(tiny_world, checkpoint, tmp_path):
     out = tmp_path / "ev"
-    evaluate("tiny-vit", checkpoint, {"val": tiny_world / "eval" / "val"}, out, save_logits=True, workers=0)
-    record = json.loads((out / "epoch_7" / "val" / "clip_benchmark.json").read_text())
+    evaluate(checkpoint, {"val": tiny_world / "eval" / "val"}, out, save_logits=True, workers=0)
+    records = sorted((out / "clip_benchmark").iterdir())
+    assert [p.name for p in records] == ["val_epoch_7_tiny-vit_en_zeroshot_classification.json"]
+    record = json.loads(records[0].read_text())
     assert set(record) == {"dataset", "model", "pretrained", "task", "metrics", "language"}
     assert set(record["metrics"]) == {"acc1", "acc5", "mean_per_class_recall"}
     assert record["task"] == "zeroshot_classification" and record["dataset"] == "val" and record["model"] == "tiny-vit"
@@ -91,7 +94,7 @@ def test_clip_benchmark_json_and_outputs(tiny_world, checkpoint, tmp_path):
     described = json.loads((out / "datasets" / "val.json").read_text())
     assert described["spec"] == "world:eval/val" and described["n_classes"] == 8
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["stage"] == "evaluation.evaluate" and manifest["counts"]["pairs"] == 1
+    assert manifest["stage"] == "evaluate" and manifest["counts"]["pairs"] == 1
 
 
 def test_metrics_against_brute_force():
@@ -108,7 +111,7 @@ def test_metrics_against_brute_force():
 
 def test_mismatched_architecture_fails_clearly(tiny_world, checkpoint, tmp_path):
     with pytest.raises(IncompatibleError, match="does not match architecture 'tiny-rn'") as err:
-        evaluate("tiny-rn", checkpoint, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev")
+        evaluate(checkpoint, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev", model="tiny-rn")
     assert "Fix:" in str(err.value)
 
 
@@ -123,34 +126,68 @@ def test_run_curves_resume_and_refuse_other_inputs(tiny_world, checkpoint, tmp_p
     (run / "epoch_latest.pt").write_bytes((run / "epoch_2.pt").read_bytes())  # not an epoch
     out = tmp_path / "ev"
     sets = {"val": tiny_world / "eval" / "val", "sk": tiny_world / "domainnet" / "sketch"}
-    first = evaluate("tiny-vit", tmp_path / "run", sets, out, workers=0)
+    first = evaluate(tmp_path / "run", sets, out, workers=0)
     assert [c["label"] for c in first["checkpoints"]] == ["epoch_0", "epoch_2", "epoch_10"]
     assert len(first["datasets"]["val"]["metrics"]["acc1"]) == 3
     before = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
-    (out / "epoch_10" / "sk" / "metrics.json").unlink()  # as if killed before the last pair finished
-    again = evaluate("tiny-vit", tmp_path / "run", sets, out, workers=0)
+    # as if killed before the last pair finished: its metrics and what follows are missing
+    for name in ("epoch_10/sk/metrics.json", "results.json", "curves.csv", "manifest.json"):
+        (out / name).unlink()
+    again = evaluate(tmp_path / "run", sets, out, workers=0)
     after = {p: p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
     assert again == first and after == before  # a resumed run writes the bytes of a clean run
-    with pytest.raises(IncompatibleError, match="another model, checkpoint, dataset or settings"):
-        evaluate("tiny-vit", tmp_path / "run", {"val": tiny_world / "eval" / "v2"}, out, workers=0)
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    assert evaluate(tmp_path / "run", sets, out, workers=0) == first  # complete: nothing is redone
+    assert (out / "manifest.json").stat().st_mtime_ns == mtime
+    with pytest.raises(IncompatibleError, match=r"other inputs or parameters \(inputs.eval_data"):
+        evaluate(tmp_path / "run", {"val": tiny_world / "eval" / "v2"}, out, workers=0)
+    with pytest.raises(IncompatibleError, match=r"other inputs or parameters \(parameters.precision"):
+        evaluate(tmp_path / "run", sets, out, workers=0, precision="bf16")
 
 
 def test_bad_arguments(tiny_world, checkpoint, tmp_path):
     with pytest.raises(InputError, match="plain file name"):
-        evaluate("tiny-vit", checkpoint, {"a/b": tiny_world / "eval" / "val"}, tmp_path / "e")
-    with pytest.raises(InputError, match="not datasets"):
-        evaluate("tiny-vit", checkpoint, {"val": tiny_world / "eval" / "val"}, tmp_path / "e", specs={"x": "world"})
+        evaluate(checkpoint, {"a/b": tiny_world / "eval" / "val"}, tmp_path / "e")
+    with pytest.raises(InputError, match="not eval sets"):
+        evaluate(checkpoint, {"val": tiny_world / "eval" / "val"}, tmp_path / "e", specs={"x": "world"})
     with pytest.raises(InputError, match="checkpoint not found"):
-        evaluate("tiny-vit", tmp_path / "none.pt", {"val": tiny_world / "eval" / "val"}, tmp_path / "e")
+        evaluate(tmp_path / "none.pt", {"val": tiny_world / "eval" / "val"}, tmp_path / "e")
 
 
-def test_cli_eval(tiny_world, checkpoint, tmp_path):
+def test_cli_evaluate(tiny_world, checkpoint, tmp_path):
     from click.testing import CliRunner
 
     from oodlab.cli import app
 
-    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(checkpoint), "--dataset",
+    result = CliRunner().invoke(app, ["evaluate", "--checkpoint", str(checkpoint), "--eval-data",
                                       f"v={tiny_world / 'eval' / 'val'}", "--spec", "v=world", "--out",
                                       str(tmp_path / "e"), "--workers", "0"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "e" / "epoch_7" / "v" / "predictions.parquet").is_file()
+
+
+def test_clip_benchmark_build_reads_the_records_folder(tiny_world, checkpoint, tmp_path):
+    """CLIP_benchmark 1.6.2's ``build`` reads every *.json of a folder and needs ``metrics``,
+    ``model`` and ``pretrained`` in each; this is its collection step, run on our folder."""
+    import csv
+    import os
+
+    out = tmp_path / "ev"
+    evaluate(checkpoint, {"val": tiny_world / "eval" / "val", "r": tiny_world / "eval" / "r"}, out, workers=0)
+    folder = str(out / "clip_benchmark")
+    rows = []
+    for path in [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".json")]:
+        data = json.load(open(path))
+        row = {**data["metrics"], **data}
+        del row["metrics"]
+        row["model_fullname"] = row["model"] + " " + row["pretrained"]
+        rows.append(row)
+    with open(tmp_path / "benchmark.csv", "w") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
+        writer.writeheader()
+        writer.writerows(rows)
+    table = {r["dataset"]: r for r in csv.DictReader(open(tmp_path / "benchmark.csv"))}
+    results = json.loads((out / "results.json").read_text())["datasets"]
+    assert set(table) == {"val", "r"}
+    for name, row in table.items():
+        assert float(row["acc1"]) == pytest.approx(results[name]["metrics"]["acc1"][0])

@@ -12,7 +12,7 @@ import pytest
 
 from oodlab.embeddings.embed import embed
 from oodlab.embeddings.store import EmbeddingStore
-from oodlab.experiments.similarity import similarity_experiment
+from oodlab.experiments.similarity import experiment_similarity
 from oodlab.similarity.neighbors import neighbors
 from tests.helpers import zero_shot_reference
 
@@ -30,8 +30,8 @@ def setup(tiny_world, tmp_path_factory):
     neighbors(root / "stores" / "pool", {n: root / "stores" / n for n in EVALS}, nb, k=5,
               reference_stores={"imagenet-train": root / "stores" / "imagenet-train"})
     out = root / "experiment"
-    manifest = similarity_experiment(tiny_world / "pool", nb, {n: tiny_world / "eval" / n for n in EVALS}, out,
-                                     sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
+    manifest = experiment_similarity(tiny_world / "pool", nb, {n: tiny_world / "eval" / n for n in EVALS}, out,
+                                     training_sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
                                      per_shard=100, parallel=2)
     return root, out, manifest
 
@@ -85,9 +85,9 @@ def test_rerun_trains_nothing(setup, tiny_world):
     root, out, manifest = setup
     runs = {r["training_set"]: Path(r["run"]) for r in manifest["table"]}
     before = {name: (run / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns for name, run in runs.items()}
-    again = similarity_experiment(tiny_world / "pool", root / "neighbors",
+    again = experiment_similarity(tiny_world / "pool", root / "neighbors",
                                   {n: tiny_world / "eval" / n for n in EVALS}, out,
-                                  sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
+                                  training_sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
                                   per_shard=100, parallel=2)
     assert {name: (run / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns for name, run in runs.items()} == before
     assert [r["top1"] for r in again["table"]] == [r["top1"] for r in manifest["table"]]

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 import oodlab  # noqa: F401  (torchvision next to the CPU torch)
-from oodlab.train.data import resolve_train_data
 from oodlab.models.checkpoints import latest_resumable
+from oodlab.train.config import build_config
+from oodlab.train.data import resolve_train_data
+from oodlab.train.launch import train_commands
 from oodlab.train.run import train
 from oodlab.utils.errors import IncompatibleError, InputError
 from oodlab.utils.hashing import sha256_file
@@ -48,7 +50,7 @@ def test_run_records_its_configuration_and_keeps_epoch_0(tiny_world, run):
                 "lr_scheduler": "const-cooldown", "epochs_cooldown": 2, "lr_cooldown_end": 1e-4}
     assert {k: cfg[k] for k in expected} == expected
     assert config["data"]["manifest"]["sha256"] == sha256_file(tiny_world / "manifest.json")
-    assert config["data"]["manifest"]["stage"] == "synth.generate_world"
+    assert config["data"]["manifest"]["stage"] == "synth"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0.pt", "epoch_1.pt", "epoch_2.pt"]
     assert manifest["counts"]["samples_seen"] == 2 * steps * 32
     params = (out / "params.txt").read_text()  # open_clip's own record of its arguments
@@ -73,7 +75,7 @@ def test_train_checkpoints_eval_and_resume(tiny_world, run, tmp_path):
     from oodlab.evaluation.evaluate import evaluate
 
     out, _ = run
-    results = evaluate("tiny-vit", out, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev", workers=0)
+    results = evaluate(out, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev", workers=0)
     assert [c["label"] for c in results["checkpoints"]] == ["epoch_0", "epoch_1", "epoch_2"]
     # a run killed while writing its last checkpoint: a truncated epoch_2.pt
     copy = tmp_path / "run"
@@ -90,16 +92,20 @@ def test_train_checkpoints_eval_and_resume(tiny_world, run, tmp_path):
     assert "resuming checkpoint" in log and "epoch_1.pt' (epoch 1)" in log
     assert {p: sha256_file(copy / "checkpoints" / p) for p in kept} == kept
     assert _state(last)["epoch"] == 2
-    again = evaluate("tiny-vit", copy, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev2", workers=0)
+    again = evaluate(copy, {"val": tiny_world / "eval" / "val"}, tmp_path / "ev2", workers=0)
     assert len(again["datasets"]["val"]["metrics"]["acc1"]) == 3
     # a finished run is not trained again; another configuration is refused
     before = sha256_file(last)
     train(_shards(tiny_world), out=copy, **FAST)
     assert sha256_file(last) == before
-    with pytest.raises(IncompatibleError, match="another configuration"):
+    with pytest.raises(IncompatibleError, match=r"other inputs or parameters \(parameters.lr"):
         train(_shards(tiny_world), out=copy, **{**FAST, "lr": 2e-3})
-    with pytest.raises(IncompatibleError, match="another configuration or data"):
+    with pytest.raises(IncompatibleError, match=r"other inputs or parameters \(inputs.train_data"):
         train(tiny_world / "pool", out=copy, **FAST)
+    # --overwrite starts afresh: the new configuration trains from epoch 0
+    train(_shards(tiny_world), out=copy, overwrite=True, **{**FAST, "epochs": 1, "epochs_cooldown": 1})
+    assert sorted(p.name for p in (copy / "checkpoints").iterdir()) == ["epoch_0.pt", "epoch_1.pt"]
+    assert "resuming checkpoint" not in (copy / "out.log").read_text()
 
 
 def test_sample_counts_from_stats_parquet_or_tar(tiny_world, tmp_path):
@@ -117,8 +123,29 @@ def test_sample_counts_from_stats_parquet_or_tar(tiny_world, tmp_path):
         p.unlink()
     assert resolve_train_data(str(tmp_path / "pool" / "{00000..00001}.tar")).per_shard == full.per_shard[:2]
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="holds no .tar shards"):
+    with pytest.raises(InputError, match="neither a folder of .tar shards"):
         resolve_train_data(tmp_path / "empty")
+    # a shard named twice would be trained on twice: refused, as by every stage reading shards
+    with pytest.raises(InputError, match="given twice"):
+        resolve_train_data([tmp_path / "pool", tmp_path / "pool" / "00001.tar"])
+
+
+def test_default_epochs_follow_the_data():
+    """Tiny models see about 84,000 samples: exactly the 7 epochs / 2 cooldown tuned on the default
+    world's 12,000-sample pool, more passes over smaller pools (capped), paper models a fixed 32."""
+    def schedule(n, model="tiny-vit", **kw):
+        cfg = build_config(model=model, data="x.tar", num_samples=n, batch_size=None, epochs=kw.get("epochs"),
+                           lr=None, warmup=None, wd=None, precision=None, lr_scheduler=None,
+                           epochs_cooldown=None, lr_cooldown_end=None, seed=0, workers=1, device="cpu",
+                           extra_args="")
+        return cfg.epochs, cfg.epochs_cooldown
+
+    assert schedule(12_000) == (7, 2)  # the default world: unchanged
+    assert schedule(3_000) == (28, 8)  # the small preset
+    assert schedule(400) == (40, 11)  # the tiny preset: capped
+    assert schedule(10**9) == (1, 1)  # LAION-sized data: one pass
+    assert schedule(3_000, epochs=2) == (2, 2)  # given epochs stay; the cooldown is at least 2
+    assert schedule(3_000, model="ViT-B-32") == (32, None)
 
 
 def test_an_oodlab_subset_folder_is_training_data(tiny_world, tmp_path):
@@ -134,11 +161,11 @@ def test_an_oodlab_subset_folder_is_training_data(tiny_world, tmp_path):
     assert data.manifest["path"] == str(tmp_path / "sub" / "manifest.json")
 
 
-def test_print_command_matches_open_clip_arguments(tiny_world, tmp_path):
+def test_train_commands_match_open_clip_arguments(tiny_world, tmp_path):
     from open_clip_train.params import parse_args
 
-    cmds = train(tiny_world / "pool", model="ViT-B-32", out=tmp_path / "big", print_command=True, nodes=4,
-                 gpus_per_node=8, workers=1)
+    cmds = train_commands(tiny_world / "pool", tmp_path / "big", model="ViT-B-32", nodes=4, gpus_per_node=8,
+                          workers=1)
     torchrun = shlex.split(cmds["torchrun"])
     assert torchrun[:4] == ["torchrun", "--nproc_per_node=8", "-m", "oodlab.train.entry"]
     args = parse_args(torchrun[4:])
@@ -150,8 +177,29 @@ def test_print_command_matches_open_clip_arguments(tiny_world, tmp_path):
     assert slurm.batch_size == 33_600 // 32 and "#SBATCH --nodes=4" in cmds["slurm"]
     assert not (tmp_path / "big").exists()
     with pytest.raises(InputError, match="does not split evenly"):
-        train(tiny_world / "pool", model="ViT-B-32", out=tmp_path / "b", print_command=True, batch_size=100,
-              gpus_per_node=8)
+        train_commands(tiny_world / "pool", tmp_path / "b", model="ViT-B-32", batch_size=100, gpus_per_node=8)
+    # oodlab's precision words become open_clip's
+    for word, theirs in (("fp32", "fp32"), ("bf16", "amp_bf16"), ("fp16", "amp")):
+        line = train_commands(tiny_world / "pool", tmp_path / "b", precision=word)["single"]
+        assert parse_args(shlex.split(line)[3:]).precision == theirs
+
+
+def test_single_process_command_survives_the_shell(tiny_world, tmp_path):
+    """The brace pattern of --train-data is quoted: a shell passes it as one argument."""
+    import subprocess
+
+    from open_clip_train.params import parse_args
+
+    line = train_commands(_shards(tiny_world), tmp_path / "run with space", **FAST)["single"]
+    argv = shlex.split(line)
+    assert argv[:3] == ["python", "-m", "oodlab.train.entry"]
+    args = parse_args(argv[3:])
+    assert args.train_data == str(tiny_world / "pool" / "{00000..00001}.tar")
+    assert args.name == "run with space"
+    # what a real shell (bash expands unquoted braces) hands to the program
+    echoed = subprocess.run(["bash", "-c", line.replace("python", "printf '%s\\n'", 1)], capture_output=True,
+                            text=True, check=True).stdout.splitlines()
+    assert echoed == argv[1:]
 
 
 def test_bad_arguments_are_refused(tiny_world, tmp_path):
@@ -163,19 +211,21 @@ def test_bad_arguments_are_refused(tiny_world, tmp_path):
         train(tiny_world / "pool", model="tiny-vit", out=tmp_path / "r", extra_args="--epochs 3")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "x.txt").write_text("x")
-    with pytest.raises(InputError, match="not an oodlab training run"):
-        train(tiny_world / "pool", model="tiny-vit", out=tmp_path / "other", **{k: v for k, v in FAST.items() if k != "model"})
+    with pytest.raises(IncompatibleError, match="holds files that no train run wrote"):
+        train(tiny_world / "pool", tmp_path / "other", **FAST)
+    assert (tmp_path / "other" / "x.txt").read_text() == "x"
 
 
-def test_cli_print_command(tiny_world):
+def test_cli_train_commands(tiny_world, tmp_path):
     from click.testing import CliRunner
 
     from oodlab.cli import app
 
-    result = CliRunner().invoke(app, ["train", "--data", str(tiny_world / "pool"), "--out", "/tmp/unused-run",
-                                      "--model", "tiny-vit", "--print-command", "--gpus-per-node", "2"])
+    result = CliRunner().invoke(app, ["train-commands", "--train-data", str(tiny_world / "pool"), "--out",
+                                      str(tmp_path / "run"), "--gpus-per-node", "2"])
     assert result.exit_code == 0, result.output
     assert "torchrun --nproc_per_node=2 -m oodlab.train.entry" in result.output and "#SBATCH" in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_crashing_trainer_is_reported_not_fatal(tiny_world, tmp_path):

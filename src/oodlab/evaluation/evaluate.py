@@ -1,19 +1,23 @@
-"""``oodlab eval``: zero-shot classification of one checkpoint, or a run's checkpoints as curves.
+"""``oodlab evaluate``: zero-shot classification of one checkpoint, or a run's checkpoints as curves.
 
 Outputs under ``OUT``::
 
     datasets/{name}.json                     spec, path, count, label space (index, name, id)
     {checkpoint}/{name}/predictions.parquet  key, label, prediction, correct, top5, top5_score
-    {checkpoint}/{name}/clip_benchmark.json  CLIP_benchmark's record (acc1, acc5, mean_per_class_recall)
     {checkpoint}/{name}/logits.npy           float16 [n, n_classes] cosine logits (save_logits only)
-    {checkpoint}/{name}/metrics.json         metrics + fingerprint; written last: marks the pair done
+    {checkpoint}/{name}/metrics.json         the pair's metrics; written last: marks the pair done
+    clip_benchmark/{name}_{checkpoint}_{model}_en_zeroshot_classification.json
+                                             CLIP_benchmark's record (acc1, acc5, mean_per_class_recall);
+                                             the folder holds nothing else, so
+                                             ``clip_benchmark build OUT/clip_benchmark`` reads it
     curves.csv                               checkpoint, epoch, dataset, n, acc1, acc5, mean_per_class_recall
-    results.json                             per dataset and metric, the values over the checkpoints
-    manifest.json
+    results.json                             per eval set and metric, the values over the checkpoints
+    run.json, manifest.json                  the run folder's records (oodlab.utils.runs)
 
-``{checkpoint}`` is the weights file's stem (``epoch_3``). A (checkpoint, dataset) pair whose
-``metrics.json`` matches the model, weights, dataset and settings is skipped, so an interrupted
-evaluation resumes; one that does not match is an error (``overwrite=True`` starts afresh).
+``{checkpoint}`` is the weights file's stem (``epoch_3``). The folder follows every stage's re-run
+semantics (:mod:`oodlab.utils.runs`: inputs are the checkpoints' sha256 and the eval sets'
+fingerprints); within an interrupted run each (checkpoint, eval set) pair is a shard task, kept
+once its ``metrics.json`` exists.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import re
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -31,19 +33,23 @@ import numpy as np
 
 from oodlab.evaluation.datasets import EvalDataset, load_dataset
 from oodlab.evaluation.images import BatchSource
-from oodlab.evaluation.metrics import classification_metrics, clip_benchmark_record
+from oodlab.evaluation.metrics import TASK, classification_metrics, clip_benchmark_record
 from oodlab.evaluation.zeroshot import ClassPrototypes, classify
 from oodlab.models.checkpoints import Checkpoint, resolve_checkpoints
-from oodlab.utils.atomic import atomic_open, read_json, remove_stale_temporaries, write_json, write_parquet
-from oodlab.utils.errors import IncompatibleError, InputError
-from oodlab.utils.manifest import write_manifest
+from oodlab.utils.atomic import atomic_open, read_json, write_json, write_parquet
+from oodlab.utils.errors import InputError
+from oodlab.utils.hashing import sha256_file
+from oodlab.utils.names import check_names
 from oodlab.utils.progress import Timer, progress, summary
+from oodlab.utils.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5
 METRICS = ("acc1", "acc5", "mean_per_class_recall")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+PAIR_DONE = "metrics.json"
+RESULTS_NAME = "results.json"
+CLIP_BENCHMARK_DIR = "clip_benchmark"
 
 
 def _digest(obj: Any) -> str:
@@ -61,42 +67,25 @@ def dataset_fingerprint(ds: EvalDataset) -> dict[str, Any]:
     }
 
 
-def _model_fingerprint(identity: dict[str, Any]) -> dict[str, Any]:
-    weights = {k: v for k, v in identity["weights"].items() if k != "file"}
-    return {"architecture": identity["architecture"], "weights": weights,
-            "preprocess": identity["preprocess"], "precision": identity["precision"]}
+def _checkpoint_fingerprint(ckpt: Checkpoint) -> dict[str, Any]:
+    """A checkpoint's label, path and the sha256 of its weights (every file of an open_clip
+    model folder)."""
+    files = sorted(p for p in ckpt.path.iterdir() if p.is_file()) if ckpt.path.is_dir() else [ckpt.path]
+    return {"label": ckpt.label, "epoch": ckpt.epoch, "path": str(ckpt.path),
+            "sha256": {p.name: sha256_file(p) for p in files}}
 
 
-def _check_names(datasets: Mapping[str, Any], checkpoints: list[Checkpoint]) -> None:
-    for name in datasets:
-        if not _NAME.match(name):
-            raise InputError(None, f"dataset name {name!r} is not a plain file name",
-                             "use letters, digits, '.', '_' and '-' (it names output folders)")
-    labels = [c.label for c in checkpoints]
-    if len(set(labels)) != len(labels) or not all(_NAME.match(lbl) for lbl in labels):
-        raise InputError(None, f"checkpoint names {labels} are not distinct plain file names",
-                         "evaluate such checkpoints into separate --out folders")
+def clip_benchmark_name(dataset: str, checkpoint: str, model: str) -> str:
+    """The record's file name in ``clip_benchmark/``: CLIP_benchmark's own output template
+    ``{dataset}_{pretrained}_{model}_{language}_{task}.json``, the checkpoint as ``pretrained``."""
+    return f"{dataset}_{checkpoint}_{model}_en_{TASK}.json"
 
 
-def _done(folder: Path, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
-    """The metrics of a completed pair, None if not done; an error if done with other inputs."""
-    path = folder / "metrics.json"
-    if not path.is_file():
-        return None
-    record = read_json(path)
-    if record.get("fingerprint") != json.loads(json.dumps(fingerprint)):
-        raise IncompatibleError(
-            path,
-            "was computed with another model, checkpoint, dataset or settings",
-            "choose a new --out, or pass --overwrite to replace the results",
-        )
-    return record
-
-
-def _write_pair(folder: Path, ds: EvalDataset, ckpt: Checkpoint, model: str, labels: np.ndarray,
-                topk: np.ndarray, scores: np.ndarray, fingerprint: dict[str, Any]) -> dict[str, Any]:
+def _write_pair(out: Path, ds: EvalDataset, ckpt: Checkpoint, model: str, labels: np.ndarray,
+                topk: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     import pyarrow as pa
 
+    folder = out / ckpt.label / ds.name
     metrics = classification_metrics(labels, topk, len(ds.classes))
     table = pa.table({
         "key": pa.array([s.key for s in ds.samples], pa.string()),
@@ -107,10 +96,11 @@ def _write_pair(folder: Path, ds: EvalDataset, ckpt: Checkpoint, model: str, lab
         "top5_score": pa.array(list(scores.astype(np.float32)), pa.list_(pa.float32())),
     })
     write_parquet(folder / "predictions.parquet", table)
-    write_json(folder / "clip_benchmark.json", clip_benchmark_record(ds.name, model, str(ckpt.path), metrics))
-    record = {"checkpoint": ckpt.label, "epoch": ckpt.epoch, "dataset": ds.name, "count": len(labels),
-              "metrics": metrics, "fingerprint": fingerprint}
-    write_json(folder / "metrics.json", record)
+    write_json(out / CLIP_BENCHMARK_DIR / clip_benchmark_name(ds.name, ckpt.label, model),
+               clip_benchmark_record(ds.name, model, str(ckpt.path), metrics))
+    record = {"checkpoint": ckpt.label, "epoch": ckpt.epoch, "eval_set": ds.name, "count": len(labels),
+              "metrics": metrics}
+    write_json(folder / PAIR_DONE, record)
     return record
 
 
@@ -155,16 +145,16 @@ def _write_curves(out: Path, checkpoints: list[Checkpoint], datasets: list[EvalD
         "datasets": {ds.name: {"spec": ds.spec.name, "count": len(ds.samples), "n_classes": len(ds.classes),
                                "metrics": curves[ds.name]} for ds in datasets},
     }
-    write_json(out / "results.json", results)
+    write_json(out / RESULTS_NAME, results)
     return results
 
 
 def evaluate(
-    model: str,
     checkpoint: str | Path,
-    datasets: Mapping[str, str | Path],
+    eval_data: Mapping[str, str | Path],
     out: str | Path,
     *,
+    model: str = "tiny-vit",
     specs: Mapping[str, str] | None = None,
     device: str = "cpu",
     precision: str = "fp32",
@@ -174,103 +164,106 @@ def evaluate(
     save_logits: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Zero-shot top-1/top-5/mean-per-class-recall of ``checkpoint`` on ``datasets``.
+    """Zero-shot top-1/top-5/mean-per-class-recall of ``checkpoint`` on the eval sets ``eval_data``.
 
     Args:
-        model: open_clip architecture or oodlab tiny config the checkpoint was trained as.
-        checkpoint: a weights file, or an ``oodlab train`` run folder (all its ``epoch_{n}.pt``,
-            evaluated as curves starting at the untrained epoch 0).
-        datasets: result name -> dataset path. The name selects the spec (``imagenet-val``,
+        checkpoint: a weights file, an open_clip model folder, or an ``oodlab train`` run folder
+            (all its ``epoch_{n}.pt``, evaluated as curves starting at the untrained epoch 0).
+        eval_data: eval set name -> dataset path. The name selects the spec (``imagenet-val``,
             ``imagenet-v2``, ``imagenet-r``, ``domainnet-sketch-clean``, ...) unless ``specs``
             names one; paths inside a synthetic world get the world's spec automatically.
-        out: output folder (completed pairs are kept: resume).
-        specs: result name -> spec name (or ``world``) for datasets not named after their spec.
+        out: output folder (completed (checkpoint, eval set) pairs are kept: resume).
+        model: open_clip architecture or oodlab tiny config the checkpoint was trained as.
+        specs: eval set name -> spec name (or ``world``) for sets not named after their spec.
         device: ``cpu`` or ``cuda``.
         precision: ``fp32``, ``bf16`` or ``fp16`` (GPU).
         batch_size: images per forward pass.
-        workers: DataLoader processes decoding images.
+        workers: DataLoader processes decoding images (0: in the main process).
         cache_mb: decoded images kept in memory across checkpoints, in MiB (0: decode every time).
         save_logits: also save each pair's cosine logits as float16 ``logits.npy`` [n, n_classes].
         overwrite: delete ``out`` first instead of resuming.
 
     Returns:
-        ``results.json``: per dataset and metric the values over the checkpoints (in [0, 1]).
+        ``results.json``: per eval set and metric the values over the checkpoints (in [0, 1]).
 
     Raises:
         InputError: bad paths, names or specs; IncompatibleError: a checkpoint that does not
-        match ``model`` (never loaded with strict=False) or results from other inputs in ``out``.
+        match ``model`` (never loaded with strict=False) or ``out`` holding another evaluation.
     """
     from oodlab.models import load_model
 
     out = Path(out)
     specs = dict(specs or {})
-    if not datasets:
-        raise InputError(None, "no dataset given", "pass --dataset NAME=PATH at least once")
-    extra = sorted(set(specs) - set(datasets))
+    if not eval_data:
+        raise InputError(None, "no eval set given", "pass --eval-data NAME=PATH at least once")
+    check_names(eval_data, "eval set name")
+    extra = sorted(set(specs) - set(eval_data))
     if extra:
-        raise InputError(None, f"--spec names {extra}, which are not datasets", "use the names given to --dataset")
+        raise InputError(None, f"--spec names {extra}, which are not eval sets", "use the names given to --eval-data")
     if batch_size < 1 or workers < 0 or cache_mb < 0:
         raise InputError(None, "batch_size must be >= 1, workers and cache_mb >= 0", None)
     checkpoints = resolve_checkpoints(checkpoint)
-    _check_names(datasets, checkpoints)
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    remove_stale_temporaries(out)
-    loaded_sets = [load_dataset(name, path, specs.get(name)) for name, path in datasets.items()]
+    check_names([c.label for c in checkpoints], "checkpoint name")
+    loaded_sets = [load_dataset(name, path, specs.get(name)) for name, path in eval_data.items()]
     ds_prints = {ds.name: dataset_fingerprint(ds) for ds in loaded_sets}
-    params = {"device": device, "precision": precision, "top_k": TOP_K, "save_logits": save_logits}
+    folder = RunFolder(
+        out, "evaluate",
+        inputs={"checkpoints": [_checkpoint_fingerprint(c) for c in checkpoints],
+                "eval_data": {ds.name: {"path": str(ds.root), **ds_prints[ds.name]} for ds in loaded_sets}},
+        parameters={"model": model, "specs": {ds.name: ds.spec.name for ds in loaded_sets}, "device": device,
+                    "precision": precision, "top_k": TOP_K, "save_logits": save_logits},
+        settings={"batch_size": batch_size, "workers": workers, "cache_mb": cache_mb},
+        reads=[Path(checkpoint), *(ds.root for ds in loaded_sets)])
+    finished = folder.open(overwrite)
+    if finished is not None:
+        summary(f"evaluate: {out} is complete already")
+        return read_json(out / RESULTS_NAME)
 
     records: dict[tuple[str, str], dict[str, Any]] = {}
     sources: dict[str, BatchSource] = {}
     budget = cache_mb << 20  # bytes of decoded images still allowed in memory
     n_images = sum(len(ds.samples) for ds in loaded_sets)
     resumed = 0
-    weights: dict[str, Any] = {}
-    fp_model: dict[str, Any] = {}
-    with Timer() as timer, progress("eval", total=n_images * len(checkpoints), unit="images") as advance:
+    identity: dict[str, Any] = {}
+    with Timer() as timer, progress("evaluate", total=n_images * len(checkpoints), unit="images") as advance:
         for ckpt in checkpoints:
-            loaded = load_model(model, ckpt.path, device=device, precision=precision)
-            fp_model = _model_fingerprint(loaded.identity)
-            weights[ckpt.label] = fp_model.pop("weights")
-            prototypes = ClassPrototypes(loaded.model, loaded.tokenizer)
+            todo = []
             for ds in loaded_sets:
-                folder = out / ckpt.label / ds.name
-                fingerprint = {"model": {**fp_model, "weights": weights[ckpt.label]}, "dataset": ds_prints[ds.name],
-                               "parameters": params}
-                done = _done(folder, fingerprint)
-                if done is not None:
-                    records[(ckpt.label, ds.name)] = done
+                done = out / ckpt.label / ds.name / PAIR_DONE
+                if done.is_file():  # a shard task of this run finished before an interruption
+                    records[(ckpt.label, ds.name)] = read_json(done)
                     resumed += 1
                     advance(len(ds.samples))
-                    continue
+                else:
+                    todo.append(ds)
+            if not todo:
+                continue
+            loaded = load_model(model, ckpt.path, device=device, precision=precision)
+            identity = {k: v for k, v in loaded.identity.items() if k != "weights"}
+            prototypes = ClassPrototypes(loaded.model, loaded.tokenizer)
+            for ds in todo:
                 new_source = ds.name not in sources
                 if new_source:
                     sources[ds.name] = BatchSource([s.path for s in ds.samples], loaded.preprocess,
                                                    batch_size=batch_size, workers=workers, cache_bytes=budget)
                 labels, topk, scores = _evaluate_pair(loaded, ds, sources[ds.name],
-                                                      prototypes(ds.classes.names, ds.templates), folder,
-                                                      save_logits, advance)
+                                                      prototypes(ds.classes.names, ds.templates),
+                                                      out / ckpt.label / ds.name, save_logits, advance)
                 if new_source:  # its first decode filled its cache (or did not, when too large)
                     budget = max(0, budget - sources[ds.name].cached_bytes)
-                records[(ckpt.label, ds.name)] = _write_pair(folder, ds, ckpt, model, labels, topk, scores, fingerprint)
+                records[(ckpt.label, ds.name)] = _write_pair(out, ds, ckpt, model, labels, topk, scores)
             del loaded
     for ds in loaded_sets:
         write_json(out / "datasets" / f"{ds.name}.json", ds.describe())
     results = _write_curves(out, checkpoints, loaded_sets, records)
-    write_manifest(
-        out,
-        "evaluation.evaluate",
-        inputs={"checkpoints": [{"label": c.label, "path": str(c.path), "weights": weights[c.label]}
-                                for c in checkpoints],
-                "datasets": {ds.name: {"path": str(ds.root), **ds_prints[ds.name]} for ds in loaded_sets}},
-        parameters={"model": model, "specs": {ds.name: ds.spec.name for ds in loaded_sets}, **params},
-        model=fp_model,
-        counts={"checkpoints": len(checkpoints), "datasets": len(loaded_sets), "images": n_images,
+    folder.finish(
+        model={"architecture": model, "precision": precision, **identity},
+        counts={"checkpoints": len(checkpoints), "eval_sets": len(loaded_sets), "images": n_images,
                 "pairs": len(records)},
-        outputs={"curves": "curves.csv", "results": "results.json"},
+        outputs={"curves": "curves.csv", "results": RESULTS_NAME, "clip_benchmark": f"{CLIP_BENCHMARK_DIR}/"},
     )
     last = checkpoints[-1].label
     accs = ", ".join(f"{ds.name} {100 * records[(last, ds.name)]['metrics']['acc1']:.1f}%" for ds in loaded_sets)
-    summary(f"eval: {len(checkpoints)} checkpoints x {len(loaded_sets)} datasets ({resumed} pairs resumed) "
+    summary(f"evaluate: {len(checkpoints)} checkpoints x {len(loaded_sets)} eval sets ({resumed} pairs resumed) "
             f"in {timer.seconds:.1f} s; {last} top-1: {accs} -> {out}")
     return results

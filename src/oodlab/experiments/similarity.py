@@ -113,7 +113,7 @@ def experiment_similarity(
         training_sets: training sets, from :data:`TRAINING_SETS` (``{eval}-pruned`` stands for one
             per eval set; default: all).
         epochs, batch_size, lr: training configuration shared by every row (None: the model's
-            defaults, see ``oodlab train``).
+            defaults, see ``oodlab train``; the epochs are the full pool's default for every row).
         seed: seed of training and of the random control.
         full_run: an existing ``oodlab train`` run on the full pool to reuse for its row (e.g.
             the model that embedded the data), trained with the same configuration.
@@ -134,6 +134,7 @@ def experiment_similarity(
     from oodlab.evaluation.evaluate import evaluate
     from oodlab.models.checkpoints import final_checkpoint
     from oodlab.subsets.reshard import subset
+    from oodlab.train.config import defaults_for
     from oodlab.train.run import train
 
     if not eval_data:
@@ -168,6 +169,9 @@ def experiment_similarity(
             run_dir = Path(full_run) if (name == "full" and full_run is not None) else out / "runs" / name
             jobs[name] = (data, size, removed, run_dir)
         threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
+        if epochs is None:  # the full pool's default, for every row: the papers train each subset
+            # for the same epochs, and a smaller set must not get more passes than the pool
+            epochs = defaults_for(model).epochs_for(_pool_size(pool))
 
         def fit(name: str) -> dict[str, Any]:
             """Train (a finished run is returned as is, an interrupted one resumed), then evaluate

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from oodlab.data.shards import iter_tar_samples
+from oodlab.data.sources import shard_paths
 from oodlab.data.tarformat import IMAGE_EXTENSIONS
-from oodlab.utils.errors import InputError
 from oodlab.utils.hashing import sha256_file
 from oodlab.utils.manifest import MANIFEST_NAME
-from oodlab.utils.patterns import brace_pattern, expand_paths
+from oodlab.utils.patterns import brace_pattern
 
 
 @dataclass
@@ -81,26 +81,14 @@ def _find_manifest(shards: list[Path]) -> dict[str, Any] | None:
     return None
 
 
-def resolve_train_data(data: str | Path | Sequence[str | Path]) -> TrainData:
-    """Shards named by ``data``: a folder of ``.tar`` shards (a pool, an oodlab subset written as
-    shards), brace patterns (``pool/{00000..00011}.tar``), globs or tar paths.
+def resolve_train_data(train_data: str | Path | Sequence[str | Path]) -> TrainData:
+    """Shards named by ``train_data``, resolved as every stage resolves shards
+    (:func:`oodlab.data.sources.shard_paths`): folders of ``.tar`` shards (a pool, an oodlab
+    subset), quoted brace patterns (``pool/{00000..00011}.tar``), globs or tar paths.
 
     Raises:
-        InputError: nothing matches, a non-tar file, or a folder without shards.
+        InputError: nothing matches, a path that is not shards, or a shard named twice.
     """
-    items = [data] if isinstance(data, (str, Path)) else list(data)
-    shards: list[Path] = []
-    for path in expand_paths(items):
-        if path.is_dir():
-            found = sorted(path.glob("*.tar"))
-            if not found:
-                raise InputError(path, "holds no .tar shards",
-                                 "pass webdataset shards (a subset must be written as shards first)")
-            shards += found
-        elif path.name.endswith(".tar"):
-            shards.append(path)
-        else:
-            raise InputError(path, "is not a .tar shard or a folder of shards", "pass webdataset shards")
-    shards = [s.absolute() for s in dict.fromkeys(shards)]
+    shards = [s.absolute() for s in shard_paths(train_data)]
     per_shard = [_shard_count(s) for s in shards]
     return TrainData(shards, brace_pattern(shards), sum(per_shard), per_shard, _find_manifest(shards))

@@ -30,19 +30,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from oodlab.models.checkpoints import EPOCH0_NAME, latest_resumable
-
-
-def save_checkpoint(obj: dict[str, Any], path: str) -> None:
-    """``torch.save`` to a temporary name, then rename: a killed process leaves no partial file."""
-    import torch
-
-    tmp = f"{path}.oodlab-tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+from oodlab.utils.atomic import atomic_path
 
 
 def _hook_epoch0(trainer: Any) -> dict[str, Any]:
@@ -72,7 +60,10 @@ def _hook_epoch0(trainer: Any) -> dict[str, Any]:
             if not os.path.exists(path):
                 model = out[0]
                 state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-                save_checkpoint({"epoch": 0, "name": args.name, "state_dict": state}, path)
+                import torch
+
+                with atomic_path(path) as tmp:
+                    torch.save({"epoch": 0, "name": args.name, "state_dict": state}, tmp)
         return out
 
     trainer.parse_args = parse_and_keep

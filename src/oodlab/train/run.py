@@ -2,6 +2,7 @@
 
 Layout of a run folder ``RUN``::
 
+    run.json                   what the run depends on (oodlab.utils.runs), written first
     config.json                the configuration (model, batch size, epochs, lr, warmup, wd,
                                precision, seed, samples seen, ...) and the data (shards, count,
                                the manifest of the stage that wrote them)
@@ -11,14 +12,16 @@ Layout of a run folder ``RUN``::
     manifest.json              written when the run is complete
 
 The trainer runs in a child process (``python -m oodlab.train.entry``), so a crash cannot take
-the caller down; its log streams into a progress bar. Re-running the same command on an
-unfinished run resumes from its last complete checkpoint (weights, optimizer and schedule); on
-a finished run it does nothing. A different configuration for an existing run folder is an
-error. A run is reproducible from its seed (initialisation and sample order, see
+the caller down; its log streams into a progress bar. The run folder follows every stage's
+re-run semantics (:mod:`oodlab.utils.runs`): the same command on an unfinished run resumes from
+its last complete checkpoint (weights, optimizer and schedule); on a finished run it does
+nothing; a different configuration or data is an error; ``--overwrite`` starts afresh.
+``oodlab train-commands`` prints the same run's torchrun and Slurm command lines
+(:mod:`oodlab.train.launch`). A run is reproducible from its seed (initialisation and sample order, see
 :mod:`oodlab.train.entry`) up to float rounding that depends on the thread count; a resumed run's
 sample order after the resume differs from an uninterrupted one's.
 
-On the default synthetic world, ``oodlab train --data WORLD/pool --model tiny-vit --out RUN``
+On the default synthetic world, ``oodlab train --train-data WORLD/pool --out RUN``
 takes under 3 minutes on 2 cores and reaches 65-75% zero-shot top-1 on ``WORLD/eval/val``
 (the settings are in :data:`oodlab.train.config.MODEL_DEFAULTS`).
 """
@@ -29,20 +32,18 @@ import collections
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 from oodlab.models.checkpoints import complete_checkpoint, epoch_checkpoints
-from oodlab.train.config import TrainConfig, build_config
-from oodlab.train.data import resolve_train_data
-from oodlab.train.launch import single_command, slurm_script, torchrun_command
-from oodlab.utils.atomic import read_json, write_json
-from oodlab.utils.errors import IncompatibleError, InputError, OodlabError
-from oodlab.utils.manifest import write_manifest
+from oodlab.train.config import TrainConfig
+from oodlab.train.launch import single_command, train_config
+from oodlab.utils.atomic import write_json
+from oodlab.utils.errors import OodlabError
 from oodlab.utils.progress import Timer, progress, summary
+from oodlab.utils.runs import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +55,6 @@ _LOSS = re.compile(r" Loss: ([0-9.]+)")
 
 class TrainingFailed(OodlabError):
     """open_clip's trainer exited with an error (its log names the cause)."""
-
-
-def _config_record(cfg: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
-    return {"stage": "train.train", "config": cfg.to_json(), "data": data}
-
-
-def _comparable(record: dict[str, Any]) -> dict[str, Any]:
-    """What must agree for a run folder to be resumed (workers and device may change)."""
-    cfg = {k: v for k, v in record["config"].items() if k not in ("workers", "device", "steps_per_epoch")}
-    return {"config": cfg, "shards": record["data"]["pattern"], "count": record["data"]["count"]}
-
-
-def _prepare(out: Path, record: dict[str, Any], overwrite: bool) -> None:
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    existing = out / CONFIG_NAME
-    if existing.is_file():
-        old = read_json(existing)
-        if _comparable(old) != _comparable(record):
-            raise IncompatibleError(
-                existing,
-                "the run folder holds a run with another configuration or data",
-                "choose a new --out, pass the same settings to resume, or pass --overwrite to start afresh",
-            )
-    elif out.exists() and any(out.iterdir()):
-        raise InputError(out, "exists and is not an oodlab training run", "choose a new --out or pass --overwrite")
-    write_json(existing, record)
 
 
 def _finished(out: Path, epochs: int) -> bool:
@@ -134,10 +108,10 @@ def _stream(cmd: list[str], cfg: TrainConfig, env: dict[str, str],
 
 
 def train(
-    data: str | Path | Sequence[str | Path],
-    model: str,
+    train_data: Sequence[str | Path],
     out: str | Path,
     *,
+    model: str = "tiny-vit",
     batch_size: int | None = None,
     epochs: int | None = None,
     lr: float | None = None,
@@ -152,29 +126,30 @@ def train(
     threads: int | None = None,
     device: str = "cpu",
     extra_args: str = "",
-    print_command: bool = False,
-    nodes: int = 1,
-    gpus_per_node: int = 8,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on webdataset shards with open_clip's trainer, writing the run to ``out``.
 
     Args:
-        data: shards: a folder of ``.tar`` (a pool, a subset written as shards), brace patterns
-            (quoted), globs or tar paths. Their sample count becomes ``--train-num-samples``.
+        train_data: shards: a folder of ``.tar`` (a pool, a subset written as shards), quoted
+            brace patterns, globs or tar paths. Their sample count becomes ``--train-num-samples``.
+        out: the run folder (``RUN/checkpoints/epoch_{n}.pt``); an unfinished run is resumed.
         model: open_clip architecture or oodlab tiny config (``tiny-vit`` with its defaults:
             under 3 minutes on 2 cores, about 73% zero-shot top-1 on the default world's val set).
-        out: the run folder (``RUN/checkpoints/epoch_{n}.pt``); an unfinished run is resumed.
         batch_size: global contrastive batch (None: the model's default; tiny models 128, paper
             models 33,600).
-        epochs: passes over the data (None: model default; tiny models 7, paper models 32).
+        epochs: passes over the data (None: the model's default; tiny models about 84,000
+            samples seen, i.e. 7 epochs of the default world's 12,000-sample pool and 28 of the
+            small preset's 3,000, at most 40; paper models 32).
         lr: peak learning rate (None: model default); cosine decay after linear warmup.
         warmup: warmup steps (None: model default).
         wd: AdamW weight decay (None: model default).
-        precision: open_clip precision (None: model default; tiny models ``fp32``, others ``amp``).
+        precision: ``fp32``, ``bf16`` or ``fp16`` (the half precisions with open_clip's mixed
+            precision; None: model default, tiny models ``fp32``, others ``fp16``).
         lr_scheduler: ``cosine``, ``const`` or ``const-cooldown`` (None: model default; tiny
             models ``const-cooldown``, others ``cosine``).
-        epochs_cooldown: final epochs of linear lr decay for ``const-cooldown`` (None: model default).
+        epochs_cooldown: final epochs of linear lr decay for ``const-cooldown`` (None: model
+            default; tiny models 2/7 of the epochs, at least 2).
         lr_cooldown_end: lr at the end of the cooldown (None: model default).
         seed: seed of the initialisation and data order.
         workers: data-loading processes (open_clip needs at least 1 and no more than shards).
@@ -182,36 +157,29 @@ def train(
             beyond float rounding.
         device: ``cpu`` or ``cuda``.
         extra_args: further open_clip_train arguments, as one shell-quoted string.
-        print_command: do not train: return the torchrun and Slurm command lines for this
-            configuration on ``nodes`` x ``gpus_per_node`` GPUs.
-        nodes: nodes of the printed Slurm command.
-        gpus_per_node: GPUs per node of the printed commands.
         overwrite: delete ``out`` first instead of resuming.
 
     Returns:
-        the run's manifest (``print_command``: ``{"torchrun", "slurm", "single"}`` command lines).
+        the run's manifest.
 
     Raises:
         InputError: bad data or arguments; IncompatibleError: ``out`` holds another run;
         TrainingFailed: the trainer exited with an error (the run can be resumed).
     """
     out = Path(out).absolute()
-    shards = resolve_train_data(data)
-    cfg = build_config(model=model, data=shards.pattern, num_samples=shards.count, batch_size=batch_size,
-                       epochs=epochs, lr=lr, warmup=warmup, wd=wd, precision=precision, lr_scheduler=lr_scheduler,
-                       epochs_cooldown=epochs_cooldown, lr_cooldown_end=lr_cooldown_end, seed=seed,
-                       workers=workers, device=device, extra_args=extra_args)
-    if cfg.workers > len(shards.shards):
-        raise InputError(None, f"workers={cfg.workers} but the data has {len(shards.shards)} shards",
-                         "use at most one worker per shard (open_clip's requirement)")
-    if print_command:
-        return {
-            "single": " ".join(["python", *single_command(cfg, out, resume=True)]),
-            "torchrun": torchrun_command(cfg, out, gpus_per_node),
-            "slurm": slurm_script(cfg, out, nodes, gpus_per_node),
-        }
-    record = _config_record(cfg, shards.describe())
-    _prepare(out, record, overwrite)
+    cfg, shards = train_config(train_data, model=model, batch_size=batch_size, epochs=epochs, lr=lr, warmup=warmup,
+                               wd=wd, precision=precision, lr_scheduler=lr_scheduler,
+                               epochs_cooldown=epochs_cooldown, lr_cooldown_end=lr_cooldown_end, seed=seed,
+                               workers=workers, device=device, extra_args=extra_args)
+    # workers and device change neither the schedule nor (beyond float rounding) the result
+    result = {k: v for k, v in cfg.to_json().items() if k not in ("workers", "device")}
+    folder = RunFolder(out, "train", inputs={"train_data": shards.describe()}, parameters=result,
+                       settings={"workers": workers, "device": device, "threads": threads}, reads=shards.shards)
+    finished = folder.open(overwrite)
+    if finished is not None:
+        summary(f"train: {out} is complete already ({cfg.model}, {cfg.epochs} epochs)")
+        return finished
+    write_json(out / CONFIG_NAME, {"config": cfg.to_json(), "data": shards.describe()})
     start_epoch = max((c.epoch for c in epoch_checkpoints(out) if complete_checkpoint(str(c.path))), default=0)
     with Timer() as timer:
         if start_epoch >= cfg.epochs:
@@ -227,11 +195,7 @@ def train(
             f"Last lines:\n{last}\nFix: see the log; re-running the same command resumes from the last checkpoint."
         )
     checkpoints = epoch_checkpoints(out)
-    manifest = write_manifest(
-        out,
-        "train.train",
-        inputs={"data": shards.describe()},
-        parameters=cfg.to_json(),
+    manifest = folder.finish(
         model={"architecture": cfg.model},
         counts={"samples": shards.count, "samples_seen": cfg.samples_seen(), "epochs": cfg.epochs,
                 "steps": cfg.steps_per_epoch() * cfg.epochs, "checkpoints": len(checkpoints)},
@@ -240,11 +204,8 @@ def train(
     )
     trained = cfg.samples_seen() * (cfg.epochs - start_epoch) // cfg.epochs
     rate = trained / timer.seconds if timer.seconds > 0 else 0.0
-    if start_epoch >= cfg.epochs:
-        how = "complete already"
-    else:
-        how = (f"resumed at epoch {start_epoch}, " if start_epoch else "") + (
-            f"{trained} samples in {timer.seconds:.1f} s ({rate:.0f}/s)")
+    how = (f"resumed at epoch {start_epoch}, " if start_epoch else "") + (
+        f"{trained} samples in {timer.seconds:.1f} s ({rate:.0f}/s)")
     summary(f"train: {cfg.model} on {shards.count} samples x {cfg.epochs} epochs, batch {cfg.batch_size} "
             f"({cfg.samples_seen()} samples seen): {how}"
             f"{'' if loss is None else f', last loss {loss:.3f}'} -> {out} (epoch_0..{cfg.epochs})")

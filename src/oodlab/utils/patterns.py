@@ -1,48 +1,16 @@
-"""Expansion of brace patterns (``{00000..00099}.tar``) and globs into concrete paths."""
+"""The brace pattern (``{00000..00099}.tar``) that names a list of shards, as open_clip wants it.
+
+Expanding patterns into paths is :func:`oodlab.data.sources.resolve_data`'s job."""
 
 from __future__ import annotations
 
-import glob
+import re
 from pathlib import Path
-from typing import Iterable
-
-from braceexpand import braceexpand
-
-from oodlab.utils.errors import InputError
-
-
-def expand_paths(patterns: Iterable[str | Path], *, must_exist: bool = True) -> list[Path]:
-    """Expand brace patterns and globs, keeping the given order and dropping repeats.
-
-    Raises:
-        InputError: when a pattern matches nothing (often a brace pattern the shell mangled).
-    """
-    out: list[Path] = []
-    seen: set[Path] = set()
-    for pattern in patterns:
-        for item in braceexpand(str(pattern)):
-            matches = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
-            if must_exist:
-                matches = [m for m in matches if Path(m).exists()]
-                if not matches:
-                    raise InputError(
-                        item,
-                        "matches no file",
-                        "check the path; quote brace patterns so the shell passes them through",
-                    )
-            for m in matches:
-                p = Path(m)
-                if p not in seen:
-                    seen.add(p)
-                    out.append(p)
-    return out
 
 
 def brace_pattern(paths: list[Path]) -> str:
     """The shortest brace pattern naming ``paths`` when they are ``{prefix}{N:0w}{suffix}`` with
     consecutive N (as open_clip's ``--train-data`` wants); otherwise ``::``-joined paths."""
-    import re
-
     if not paths:
         raise ValueError("no paths")
     rx = re.compile(r"^(.*?)(\d+)(\D*)$")
