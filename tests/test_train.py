@@ -132,20 +132,21 @@ def test_sample_counts_from_stats_parquet_or_tar(tiny_world, tmp_path):
 
 def test_default_epochs_follow_the_data():
     """Tiny models see about 84,000 samples: exactly the 7 epochs / 2 cooldown tuned on the default
-    world's 12,000-sample pool, more passes over smaller pools (capped), paper models a fixed 32."""
+    world's 12,000-sample pool, more passes over smaller pools (capped), paper models a fixed 32;
+    about 7 checkpoints are kept whatever the epochs (every epoch up to 13 epochs)."""
     def schedule(n, model="tiny-vit", **kw):
         cfg = build_config(model=model, data="x.tar", num_samples=n, batch_size=None, epochs=kw.get("epochs"),
                            lr=None, warmup=None, wd=None, precision=None, lr_scheduler=None,
                            epochs_cooldown=None, lr_cooldown_end=None, seed=0, workers=1, device="cpu",
                            extra_args="")
-        return cfg.epochs, cfg.epochs_cooldown
+        return cfg.epochs, cfg.epochs_cooldown, cfg.save_every
 
-    assert schedule(12_000) == (7, 2)  # the default world: unchanged
-    assert schedule(3_000) == (28, 8)  # the small preset
-    assert schedule(400) == (40, 11)  # the tiny preset: capped
-    assert schedule(10**9) == (1, 1)  # LAION-sized data: one pass
-    assert schedule(3_000, epochs=2) == (2, 2)  # given epochs stay; the cooldown is at least 2
-    assert schedule(3_000, model="ViT-B-32") == (32, None)
+    assert schedule(12_000) == (7, 2, 1)  # the default world: unchanged
+    assert schedule(3_000) == (28, 8, 4)  # the small preset
+    assert schedule(400) == (40, 11, 5)  # the tiny preset: capped
+    assert schedule(10**9) == (1, 1, 1)  # LAION-sized data: one pass
+    assert schedule(3_000, epochs=2) == (2, 2, 1)  # given epochs stay; the cooldown is at least 2
+    assert schedule(3_000, model="ViT-B-32") == (32, None, 4)
 
 
 def test_an_oodlab_subset_folder_is_training_data(tiny_world, tmp_path):
