@@ -1,3 +1,4 @@
+import io
 import json
 import sys
 import tarfile
@@ -87,6 +88,10 @@ def test_truncated_tar_is_reported_by_name(tmp_path):
     sidecar = embed([tmp_path / "shards"], tmp_path / "store", workers=0)
     (trunc,) = sidecar["truncated_shards"]
     assert trunc["source"] == str(paths[1]) and "00001.tar" in trunc["error"]
+    # the first sample lost and where: the header tarfile reports for the member cut short
+    assert (trunc["first_lost_key"], trunc["offset"]) == ("000010003", first_of_4th.offset)
+    record = json.loads((tmp_path / "store" / "stats" / "part_1.json").read_text())
+    assert (record["truncated"]["first_lost_key"], record["truncated"]["offset"]) == ("000010003", first_of_4th.offset)
     assert sidecar["count"] == 6 + len(complete)  # all of shard 0 and the complete samples of shard 1
     _, keys = EmbeddingStore(tmp_path / "store").read_all()
     assert set(keys[6:]) == complete
@@ -168,3 +173,30 @@ def test_bad_sources(tmp_path):
     write_image_folder(tmp_path / "imgs", {"a": 1})
     with pytest.raises(InputError, match="needs captions"):
         embed([tmp_path / "imgs"], tmp_path / "store", text=True)
+
+
+def test_member_refused_in_a_worker_arrives_as_the_same_input_error(tmp_path):
+    """A refusal raised in a DataLoader worker is the InputError the CLI prints, not torch's
+    RuntimeError with the worker's traceback."""
+    write_shards(tmp_path / "shards", 1, 2)
+    with tarfile.open(tmp_path / "shards" / "00001.tar", "w") as tar:
+        info = tarfile.TarInfo("../000010000.jpg")
+        data = jpeg_bytes(np.random.default_rng(0))
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(InputError, match=r"00001\.tar: member '\.\./000010000\.jpg' has a path that escapes its folder") as caught:
+        embed([tmp_path / "shards"], tmp_path / "store", workers=1)
+    assert type(caught.value) is InputError and caught.value.fix is not None
+
+
+@pytest.mark.parametrize("argument", [{"batch_size": 0}, {"batch_size": -3}, {"workers": -1}, {"images_per_part": 0}],
+                         ids=lambda a: "=".join(map(str, *a.items())))
+def test_bad_batch_size_workers_or_part_size_are_refused_before_anything_is_loaded(tmp_path, monkeypatch, argument):
+    import oodlab.models
+
+    write_shards(tmp_path / "shards", 1, 2)
+    monkeypatch.setattr(oodlab.models, "load_model", lambda *a, **k: pytest.fail("the model was loaded"))
+    ((name, value),) = argument.items()
+    with pytest.raises(InputError, match=rf"{name}={value} is below"):
+        embed([tmp_path / "shards"], tmp_path / "store", **argument)
+    assert not (tmp_path / "store").exists()

@@ -186,7 +186,7 @@ def test_nan_and_unnormalised_rows_are_refused(tmp_path):
     emb = np.load(tmp_path / "e" / "img_emb" / "img_emb_00.npy")
     emb[2] *= 2
     np.save(tmp_path / "e" / "img_emb" / "img_emb_00.npy", emb)
-    with pytest.raises(InputError, match=r"eval row 2 has norm 2.0"):
+    with pytest.raises(InputError, match=r"row 2 has norm 2.0"):
         neighbors(tmp_path / "train", {"e": tmp_path / "e"}, tmp_path / "out2")
 
 

@@ -1,6 +1,7 @@
 import gzip
 import hashlib
 import io
+import os
 import tarfile
 from pathlib import Path
 
@@ -229,3 +230,73 @@ def test_image_lookup_and_train_count_see_upper_case_members(tmp_path):
     assert read_images(["000000000", "000000001"], tmp_path / "00000.tar") == \
         {"000000000": data["000000000.JPG"], "000000001": data["000000001.Png"]}
     assert resolve_train_data(tmp_path / "00000.tar").count == 1  # only 000000000 has an image and a caption
+
+
+# -- truncated tars: what survives, what is reported lost ----------------------------------------
+def _cut_in_sample_5(tmp_path: Path, member: int) -> tuple[Path, list[tuple[str, dict[str, bytes]]], tarfile.TarInfo]:
+    """A tar of 8 samples written with tarfile, cut in the data of the ``member``-th member of
+    sample 5; returns (the cut tar, samples 1-4 as tarfile reads them, the member cut short)."""
+    rng = np.random.default_rng(5)
+    keys = [f"{i:09d}" for i in range(8)]
+    _tar_of(tmp_path / "whole.tar", [f"{k}.{e}" for k in keys for e in ("jpg", "txt", "json")],
+            **{f"{k}.jpg": rng.bytes(1500) for k in keys})
+    with tarfile.open(tmp_path / "whole.tar") as tar:
+        infos = tar.getmembers()
+        complete = [(k, {m.name.split(".")[1]: tar.extractfile(m).read() for m in infos if m.name.startswith(f"{k}.")})
+                    for k in keys[:4]]
+    cut_member = [m for m in infos if m.name.startswith(f"{keys[4]}.")][member]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes((tmp_path / "whole.tar").read_bytes()[: cut_member.offset_data + cut_member.size // 2])
+    return cut, complete, cut_member
+
+
+@pytest.mark.parametrize("member", [0, 1], ids=["first-member", "second-member"])
+def test_tar_cut_in_sample_5_yields_sample_4_and_names_the_first_lost_sample(tmp_path, member):
+    """Both readers (the index falls back to tarfile's streaming one for a damaged tar; gzip goes
+    there directly) yield samples 1-4 complete and report sample 5 lost, with the offset of the
+    header of the member cut short (tarfile's); index_tar reports the same."""
+    cut, complete, cut_member = _cut_in_sample_5(tmp_path, member)
+    gz = tmp_path / "cut.tar.gz"
+    gz.write_bytes(gzip.compress(cut.read_bytes()))
+    for path in (cut, gz):
+        got = []
+        with pytest.raises(TruncatedShardError) as caught:
+            for sample in iter_tar_samples(path):
+                got.append((sample.key, sample.members))
+        assert got == complete, path.name
+        assert (caught.value.first_lost, caught.value.offset) == ("000000004", cut_member.offset), path.name
+        assert "'000000004'" in str(caught.value) and f"byte {cut_member.offset}" in str(caught.value)
+    with pytest.raises(TruncatedShardError) as caught:
+        index_tar(cut)
+    assert (caught.value.first_lost, caught.value.offset) == ("000000004", cut_member.offset)
+
+
+def test_tar_that_shrinks_while_read_through_its_index_names_the_first_lost_sample(tmp_path):
+    """The compiled-index path reads an intact tar; cut while it is read, it has yielded samples
+    1-4 and reports sample 5, at its first header (tarfile's offset)."""
+    cut, complete, cut_member = _cut_in_sample_5(tmp_path, 0)
+    whole = tmp_path / "whole.tar"
+    samples = iter_tar_samples(whole)
+    got = [next(samples) for _ in range(4)]
+    assert [(s.key, s.members) for s in got] == complete
+    os.truncate(whole, cut.stat().st_size)
+    with pytest.raises(TruncatedShardError) as caught:
+        next(samples)
+    assert (caught.value.first_lost, caught.value.offset) == ("000000004", cut_member.offset)
+
+
+def test_member_name_with_a_nul_is_refused(tmp_path):
+    """Only a pax header can carry a NUL in a name; numpy key arrays would drop a trailing one."""
+    with tarfile.open(tmp_path / "t.tar", "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("000000000.jpg", "000000001\0.jpg"):
+            info = tarfile.TarInfo("placeholder.jpg")
+            info.pax_headers = {"path": name}
+            info.size = 3
+            tar.addfile(info, io.BytesIO(b"abc"))
+    with tarfile.open(tmp_path / "t.tar") as tar:
+        assert tar.getnames() == ["000000000.jpg", "000000001\0.jpg"]  # the tar really holds it
+    for path in _readers(tmp_path / "t.tar").values():
+        with pytest.raises(InputError, match="NUL"):
+            list(iter_tar_samples(path))
+    with pytest.raises(InputError, match="NUL"):
+        index_tar(tmp_path / "t.tar")

@@ -163,7 +163,7 @@ def test_part_without_img_emb_is_refused_and_reported(tmp_path, remaining):
         if kind != remaining:
             f.unlink()
     with pytest.raises(InputError, match=rf"part 10: img_emb_10.npy is missing \(the part has {files[remaining].name}\)"
-                                         r".*Fix: restore the missing files"):
+                                         r".*Fix: for an oodlab store, re-run the same `oodlab embed`"):
         EmbeddingStore(tmp_path)
     with pytest.raises(InputError, match="part 10: img_emb_10.npy is missing"):
         store_info(tmp_path)
@@ -235,17 +235,24 @@ def test_take_and_keys_at_match_fancy_indexing(tmp_path):
             store.keys_at(bad)
 
 
-def test_take_can_refuse_non_unit_rows_naming_the_part_row(tmp_path):
+def test_readers_refuse_non_unit_rows_naming_the_part_row(tmp_path):
     rng = np.random.default_rng(4)
     _write(tmp_path, [unit_rows(rng, 4, 6), unit_rows(rng, 5, 6)])
     path = tmp_path / "img_emb" / "img_emb_1.npy"
     emb = np.load(path)
     emb[3] *= 2
+    emb[4] = np.nan
     np.save(path, emb)
     store = EmbeddingStore(tmp_path)
-    assert store.take([7]).shape == (1, 6)  # unchecked by default
+    assert store.take([0, 1, 5]).shape == (3, 6)  # only the rows asked for are checked
     with pytest.raises(InputError, match=r"img_emb_1.npy: row 3 has norm 2.0"):
-        store.take([0, 7, 1], check_unit=True)
+        store.take([0, 7, 1])
+    with pytest.raises(InputError, match=r"img_emb_1.npy: row 4 has NaN/inf"):
+        store.take([8])
+    assert store.take([7], check_unit=False).shape == (1, 6)
+    with pytest.raises(InputError, match=r"img_emb_1.npy: row 3 has norm 2.0"):
+        list(store.iter_chunks(2))
+    assert sum(len(c) for c in store.iter_chunks(2, check=False)) == 9
 
 
 # -- missing captions: zero text rows recorded as missing_text ---------------------------------------

@@ -424,3 +424,77 @@ def test_parquet_columns_that_disagree_are_refused(tmp_path):
     pq.write_table(t.drop_columns(["key"]), tmp_path / "src" / "00001.parquet")
     with pytest.raises(InputError, match="no string column 'key'"):
         subset(keys, [tmp_path / "src"], tmp_path / "out2", workers=0)
+
+
+# -- refusals: keys no sample can have, samples without an image, damaged or refused inputs ----
+@pytest.mark.parametrize("listing,keys,where,problem", [
+    ("keys.parquet", ["000000001", "000000002\0"], "row 1", "NUL"),
+    ("keys.txt", ["000000001", "", "000000002.jpg"], "line 3", r"'\.' after its last '/'"),
+], ids=["nul-in-parquet", "extension-in-txt"])
+def test_a_key_no_sample_can_have_is_refused_before_anything_is_written(tmp_path, listing, keys, where, problem):
+    """A trailing NUL would vanish in the numpy key arrays and select sample 000000002; a dot
+    ends a key. Both are refused naming the file and row, and no output folder is made."""
+    write_shards(tmp_path / "src", n_shards=1, per_shard=4)
+    path = tmp_path / listing
+    if listing.endswith(".txt"):
+        path.write_text("\n".join(keys) + "\n")
+    else:
+        _write_keys(path, keys)
+    with pytest.raises(InputError, match=rf"{listing}: {where}.*{problem}") as caught:
+        subset(path, [tmp_path / "src"], tmp_path / "out", workers=0)
+    assert type(caught.value) is InputError
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sample_without_an_image_is_skipped_and_listed(tmp_path):
+    """A requested sample with only a caption is not copied nor counted for open_clip; it is
+    listed in skipped.parquet. A key without an image in one input but with one in a later
+    input is written from that one."""
+    rng = np.random.default_rng(3)
+    members = {"00000.tar": {"000000000": ("jpg", "txt"), "000000001": ("txt",), "000000002": ("png", "json"),
+                             "000000003": ("txt", "json")},
+               "00001.tar": {"000000003": ("jpg", "txt"), "000010000": ("json",)}}
+    (tmp_path / "src").mkdir()
+    data = {}
+    for tar_name, samples in members.items():
+        with tarfile.open(tmp_path / "src" / tar_name, "w", format=tarfile.PAX_FORMAT) as tf:
+            for key, exts in samples.items():
+                for ext in exts:
+                    payload = data[(tar_name, f"{key}.{ext}")] = rng.bytes(int(rng.integers(10, 900)))
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(payload)
+                    tf.addfile(info, io.BytesIO(payload))
+    wanted = ["000000000", "000000001", "000000002", "000000003", "000010000", "nowhere"]
+    manifest = subset(_write_keys(tmp_path / "keys.parquet", wanted), [tmp_path / "src"], tmp_path / "out", workers=0)
+    got, order = _members(tmp_path / "out" / "00000.tar")
+    assert order == ["000000000", "000000002", "000000003"]
+    assert got["000000003"] == [(n, data[("00001.tar", n)]) for n in ("000000003.jpg", "000000003.txt")]
+    skipped = pq.read_table(tmp_path / "out" / "skipped.parquet").to_pydict()
+    assert skipped["key"] == ["000000001", "000010000"]
+    assert skipped["source_shard"] == ["00000.tar", "00001.tar"]
+    assert all("no image member" in r for r in skipped["reason"])
+    assert pq.read_table(tmp_path / "out" / "missing.parquet").column("key").to_pylist() == ["nowhere"]
+    assert json.loads((tmp_path / "out" / "openclip.json").read_text())["train_num_samples"] == 3
+    c = manifest["counts"]
+    assert (c["written"], c["skipped"], c["missing"]) == (3, 2, 1)
+    assert pq.read_table(tmp_path / "out" / "written.parquet").column("key").to_pylist() == order
+
+
+def test_truncated_input_is_refused_naming_the_first_lost_sample(tmp_path):
+    (tar,) = write_shards(tmp_path / "src", n_shards=1, per_shard=8)
+    with tarfile.open(tar) as tf:
+        fifth = next(m for m in tf.getmembers() if m.name.startswith("000000004."))
+    tar.write_bytes(tar.read_bytes()[: fifth.offset_data + fifth.size // 2])
+    with pytest.raises(TruncatedShardError, match=rf"byte {fifth.offset}\b.*'000000004'") as caught:
+        subset(_write_keys(tmp_path / "keys.parquet", ["000000001"]), [tmp_path / "src"], tmp_path / "out", workers=0)
+    assert (caught.value.first_lost, caught.value.offset) == ("000000004", fifth.offset)
+
+
+@pytest.mark.timeout(60)  # before the fix the pool's result thread died and the run waited forever
+def test_a_refusal_in_a_worker_process_arrives_as_the_same_input_error(tmp_path):
+    write_shards(tmp_path / "src", n_shards=1, per_shard=3)
+    _evil_tar(tmp_path / "src" / "00001.tar", "../000000001.jpg")
+    keys = _write_keys(tmp_path / "keys.parquet", ["000000001"])
+    with pytest.raises(InputError, match=r"00001\.tar: member '\.\./000000001\.jpg' has a path that escapes its folder"):
+        subset(keys, [tmp_path / "src"], tmp_path / "out", workers=1)  # a pool of one: two tasks
+    assert not list((tmp_path / "out").glob("*.tar"))

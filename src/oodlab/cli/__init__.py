@@ -88,7 +88,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
     logging.getLogger("oodlab").setLevel(logging.INFO)
     try:
-        code = app.main(args=argv, prog_name="oodlab", standalone_mode=False)
+        try:
+            code = app.main(args=argv, prog_name="oodlab", standalone_mode=False)
+        except OSError as err:  # a write that no stage wraps (a folder made, a scratch file): same message
+            from oodlab.utils.atomic import raise_output_error
+
+            raise_output_error(None, err)
     except OodlabError as err:
         from rich.markup import escape
 

@@ -14,8 +14,9 @@ webdataset convention, :mod:`oodlab.data.tarformat`), so ``0000100023.jpg`` and
 (:func:`oodlab.data.tarformat.is_housekeeping`).
 
 Tars are read in streaming mode. Members that are not regular files or whose path would escape
-the folder (absolute, ``..``) are refused; a truncated tar raises :class:`TruncatedShardError`
-naming the file, after yielding every complete sample before the damage. Shards are written by
+the folder (absolute, ``..``) are refused; a truncated tar raises
+:class:`~oodlab.data.tarformat.TruncatedShardError` naming the file, the byte offset of the damage
+and the first sample lost, after yielding every complete sample before the damage. Shards are written by
 :mod:`oodlab.data.shard_writer`.
 """
 
@@ -31,10 +32,10 @@ from typing import Any, Iterator
 from oodlab.data.tarformat import (
     COMPRESSED_MAGIC,
     IMAGE_EXTENSIONS,
-    TruncatedShardError,
     check_member_path,
     is_housekeeping,
     split_member_name,
+    truncated_shard,
 )
 from oodlab.utils.errors import InputError
 
@@ -86,7 +87,8 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
     Raises:
         TruncatedShardError: the tar ends inside a member or lacks its end-of-archive marker
             (tarfile accepts a tar cut at a block boundary silently); every complete sample
-            before the damage has been yielded.
+            before the damage has been yielded, and the error's ``first_lost`` and ``offset``
+            name the first sample that was not and where the damage is.
         InputError: a member is a link or special file, or its path escapes the folder, or a
             sample has two members of one extension (``a.jpg`` and ``a.JPG`` included).
     """
@@ -108,7 +110,8 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
             length = starts[last - 1] + sizes[last - 1] - offset
             span = os.pread(fd, length, offset)
             if len(span) != length:  # the file shrank after it was indexed
-                raise TruncatedShardError(path, f"truncated while being read (sample {key!r})", "re-create this shard")
+                raise truncated_shard(path, "the file shrank while it was read", int(index.start[first]),
+                                      key.decode("utf-8", "surrogateescape"))
             sample = RawSample(key=key.decode("utf-8", "surrogateescape"), shard=str(path))
             for m in range(first, last):
                 lo = starts[m] - offset
@@ -119,12 +122,16 @@ def iter_tar_samples(path: str | Path) -> Iterator[RawSample]:
 def _stream_tar_samples(path: Path) -> Iterator[RawSample]:
     """:func:`iter_tar_samples` through tarfile's streaming mode (compressed or damaged tars)."""
     current: RawSample | None = None
+    key, housekeeping = None, True
+    next_header = 0  # where the next header is due
+    cut_member: int | None = None  # the header of the member whose data is being read
     with open(path, "rb") as raw:
         compressed = raw.read(6).startswith(COMPRESSED_MAGIC)
         raw.seek(0)
         try:
             with tarfile.open(fileobj=raw, mode="r|*") as tar:
                 for member in tar:
+                    next_header = tar.offset
                     if member.isdir():
                         continue
                     check_member_path(path, member.name)
@@ -137,10 +144,12 @@ def _stream_tar_samples(path: Path) -> Iterator[RawSample]:
                     if not housekeeping and current is not None and key != current.key:
                         yield current
                         current = None
+                    cut_member = member.offset_data - tarfile.BLOCKSIZE  # its own header, after any extended ones
                     handle = tar.extractfile(member)
                     data = handle.read() if handle is not None else b""
                     if len(data) != member.size:
                         raise tarfile.ReadError("unexpected end of data")
+                    cut_member = None
                     if housekeeping:
                         continue
                     if current is None:
@@ -149,18 +158,18 @@ def _stream_tar_samples(path: Path) -> Iterator[RawSample]:
                         raise InputError(path, f"sample {key} has two {ext!r} members", "re-create the shard")
                     current.members[ext] = data
                     tar.members = []  # streaming: do not keep every header in memory
-                end = tar.offset
             if not compressed:
-                raw.seek(end)
+                raw.seek(next_header)
                 if raw.read(len(_END_OF_ARCHIVE)) != _END_OF_ARCHIVE:
                     raise tarfile.ReadError("no end-of-archive marker")
         except (tarfile.ReadError, EOFError) as err:
             # the sample being read when the damage was hit may lack members: it is not yielded
-            raise TruncatedShardError(
-                path,
-                f"truncated or corrupt tar ({err}); the samples before the damage were read",
-                "re-download or re-create this shard",
-            ) from err
+            # and is the first lost (one whose member was cut short, or the last begun)
+            if current is not None:
+                lost = current.key
+            else:
+                lost = key if cut_member is not None and not housekeeping else None
+            why = str(err) or type(err).__name__
+            raise truncated_shard(path, why, next_header if cut_member is None else cut_member, lost) from err
     if current is not None:
         yield current
-

@@ -20,7 +20,7 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from braceexpand import braceexpand
 
@@ -74,6 +74,12 @@ def _classify(path: Path, given: str) -> list[DataSource]:
                      "pass webdataset shards, an ImageFolder root, images or image lists")
 
 
+def given_paths(data: Any) -> list[Any]:
+    """The items of ``data`` (one item or several) as given: a stage may not write inside any of
+    them (a folder of tars is an input as much as its tars)."""
+    return [data] if isinstance(data, (str, Path)) else list(data)
+
+
 def resolve_data(data: str | Path | Sequence[str | Path], *, kinds: Sequence[str] = KINDS) -> list[DataSource]:
     """Resolve image data into sources, in the given order (see the module docstring).
 
@@ -88,7 +94,7 @@ def resolve_data(data: str | Path | Sequence[str | Path], *, kinds: Sequence[str
         InputError: nothing given, a pattern matching nothing, a path of no kind or of a kind the
             stage does not read, an ambiguous folder, a source reached twice.
     """
-    items = [data] if isinstance(data, (str, Path)) else list(data)
+    items = given_paths(data)
     wanted = " or ".join(_WHAT[k] for k in kinds)
     if not items:
         raise InputError(None, "no image data given", f"pass {wanted}")

@@ -17,7 +17,8 @@ It refuses what :func:`iter_tar_samples` refuses, with the same messages: a memb
 escapes its folder (:func:`check_member_path` decides), links and special files, a sample with two
 members of one extension (``a.jpg`` and ``a.JPG`` are two ``jpg`` members), and a truncated tar
 (:class:`TruncatedShardError`: a header or data running past the end of the file, or no
-end-of-archive marker). Header checksums are verified.
+end-of-archive marker; it names the byte offset and the first sample lost, the same as the
+streaming reader's). Header checksums are verified.
 Compressed tars are refused (they cannot be indexed without decompressing).
 """
 
@@ -31,11 +32,11 @@ from numba import njit
 
 from oodlab.data.tarformat import (
     COMPRESSED_MAGIC,
-    TruncatedShardError,
     check_member_path,
     is_housekeeping,
     member_extension,
     split_member_name,
+    truncated_shard,
 )
 from oodlab.utils.errors import InputError
 
@@ -43,8 +44,8 @@ BLOCK = 512
 #: tarfile pads archives to records of 20 blocks
 RECORD_SIZE = 20 * BLOCK
 
-# walk status
-_OK, _TRUNCATED, _NO_END, _BAD_HEADER = 0, 1, 2, 3
+# walk status (and _NO_MEMBER: extended headers end the archive)
+_OK, _TRUNCATED, _NO_END, _BAD_HEADER, _NO_MEMBER = 0, 1, 2, 3, 4
 # entry flags
 _SUSPICIOUS, _HOUSEKEEPING, _PREFIX = 1, 2, 4
 # type flags
@@ -254,7 +255,7 @@ def index_tar(path: str | Path, *, read_ext: bytes | None = None) -> TarIndex:
     path = Path(path)
     nbytes = path.stat().st_size
     if nbytes < BLOCK:
-        raise TruncatedShardError(path, "truncated or corrupt tar (shorter than one header)", "re-download or re-create this shard")
+        raise truncated_shard(path, "shorter than one header", 0, None)
     buf = np.memmap(path, dtype=np.uint8, mode="r")
     try:
         if bytes(buf[:6]).startswith(COMPRESSED_MAGIC):
@@ -287,11 +288,30 @@ def _index(path: Path, buf: np.ndarray) -> TarIndex:
     name_len, key_len = np.empty(cap, np.int64), np.empty(cap, np.int64)
     words = buf[: len(buf) // 8 * 8].view(np.uint64)
     m, status, pos = _walk(buf, words, hdr, size, typ, name_len, key_len, flags)
+    # a run of extended headers at the end names a member that is not there (and its own data
+    # may be cut): the headers before it are what was read
+    complete = m
+    while complete and typ[complete - 1] in _META:
+        complete -= 1
+    if status == _OK and complete < m:
+        status, pos = _NO_MEMBER, int(hdr[complete])
+    headers = (hdr[:complete], size[:complete], typ[:complete], flags[:complete], name_len[:complete], key_len[:complete])
     if status != _OK:
-        why = {_TRUNCATED: "unexpected end of data", _NO_END: "no end-of-archive marker", _BAD_HEADER: "invalid header"}[status]
-        raise TruncatedShardError(path, f"truncated or corrupt tar ({why} at byte {pos})", "re-download or re-create this shard")
-    hdr, size, typ, flags = hdr[:m], size[:m], typ[:m], flags[:m]
-    name_len, key_len = name_len[:m], key_len[:m]
+        # the samples of the headers before the damage; the last one is the first lost, as
+        # iter_tar_samples' streaming reader finds: the one cut short, or one no later header
+        # proves complete (its refusals of earlier members come first, in tar order, as there)
+        read = _samples(path, buf, pos, *headers)
+        why = {_TRUNCATED: "unexpected end of data", _NO_END: "no end-of-archive marker", _BAD_HEADER: "invalid header",
+               _NO_MEMBER: "extended header without member"}[status]
+        raise truncated_shard(path, why, pos, _decode(read.keys[-1]) if len(read) else None)
+    return _samples(path, buf, pos, *headers)
+
+
+def _samples(path: Path, buf: np.ndarray, pos: int, hdr: np.ndarray, size: np.ndarray, typ: np.ndarray,
+             flags: np.ndarray, name_len: np.ndarray, key_len: np.ndarray) -> TarIndex:
+    """The index of the headers the walk recorded (none of them extended headers at the end);
+    ``pos``: where the walk stopped."""
+    m = len(hdr)
     # tarfile: an old-style regular file (type NUL) whose name ends with "/" is a directory
     old_dir = (typ == 0) & (name_len > 0)
     old_dir[old_dir] = buf[hdr[old_dir] + name_len[old_dir] - 1] == ord("/")
@@ -323,8 +343,6 @@ def _index(path: Path, buf: np.ndarray) -> TarIndex:
                 if "path" in pax:
                     pending["path"] = pax["path"]
             k += 1
-        if k >= m:
-            raise TruncatedShardError(path, "truncated or corrupt tar (extended header without member)", "re-download or re-create this shard")
         span_start[k] = hdr[run_start]
         if "path" in pending:
             names[int(k)] = pending["path"]

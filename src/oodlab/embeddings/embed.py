@@ -8,7 +8,10 @@ re-run gives the same store as one clean run: a unit's batches, and so its numbe
 depend on what else ran.
 
 Corrupt images are skipped and listed with their key in the sidecar; a truncated tar keeps the
-samples before the damage and is listed by name. With ``text=True``, a shard sample without a
+samples before the damage and is listed by name with the first sample it lost and the byte
+offset of the damage (``first_lost_key``, ``offset``, in its part record and the sidecar's
+``truncated_shards``). A refusal of a tar's members (a path escaping its folder, a link) raised
+in a DataLoader worker reaches the caller as the same InputError (:mod:`oodlab.data.workers`). With ``text=True``, a shard sample without a
 ``txt`` member is recorded, never given an invented caption: it keeps its image row, gets the
 all-zero marker row in ``text_emb`` and a null caption, and its key is listed under
 ``missing_text`` in its part record and (with its source) in the sidecar, and counted in the
@@ -30,14 +33,15 @@ import torch.utils.data
 
 from oodlab.data.folders import FolderSample, read_file_list, scan_image_folder
 from oodlab.data.shards import iter_tar_samples
-from oodlab.data.sources import FILES, SHARDS, resolve_data
+from oodlab.data.sources import FILES, SHARDS, given_paths, resolve_data
 from oodlab.data.tarformat import TruncatedShardError
+from oodlab.data.workers import CarriedError
 from oodlab.embeddings import store as st
 from oodlab.embeddings.validate import find_duplicate_keys
 from oodlab.models.preprocess import SplitPreprocess
 from oodlab.utils.errors import InputError
 from oodlab.utils.progress import Timer, progress, summary
-from oodlab.utils.runs import RunFolder
+from oodlab.utils.runs import RunFolder, check_writable
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +66,11 @@ class Unit:
 def plan_units(data: Sequence[str | Path], images_per_part: int) -> list[Unit]:
     """Turn image data (:func:`oodlab.data.sources.resolve_data`: shards, ImageFolder roots,
     images, ``.txt`` lists) into units: one per tar, ``images_per_part`` images of a folder or of
-    a run of consecutive files and lists.
+    a run of consecutive files and lists (``images_per_part`` >= 1, as :func:`embed` checks).
 
     Raises:
         InputError: the data resolves to nothing usable (see ``resolve_data``).
     """
-    if images_per_part < 1:
-        raise InputError(None, "images_per_part must be >= 1", None)
     units: list[Unit] = []
 
     def add_files(samples: list[FolderSample], label: str) -> None:
@@ -91,8 +93,9 @@ def plan_units(data: Sequence[str | Path], images_per_part: int) -> list[Unit]:
 class _UnitStream(torch.utils.data.IterableDataset):
     """Iterable over batches of units; each DataLoader worker takes every W-th unit.
 
-    Yields dicts: ``{"unit", "images", "keys", "captions", "meta"}`` per batch and
-    ``{"unit", "done": True, "skipped", "truncated"}`` once a unit is exhausted.
+    Yields dicts: ``{"unit", "images", "keys", "captions", "meta"}`` per batch,
+    ``{"unit", "done": True, "skipped", "truncated"}`` once a unit is exhausted, and
+    ``{"unit", "error": CarriedError}`` (then stops) when a unit's input is refused.
     """
 
     def __init__(self, units: Sequence[Unit], prep: SplitPreprocess, batch_size: int):
@@ -102,7 +105,11 @@ class _UnitStream(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         mine = self.units if info is None else self.units[info.id :: info.num_workers]
         for unit in mine:
-            yield from self._unit_batches(unit)
+            try:
+                yield from self._unit_batches(unit)
+            except InputError as err:  # as data: a worker's exception would reach the caller as a RuntimeError
+                yield {"unit": unit.index, "error": CarriedError.of(err)}
+                return
 
     def _records(self, unit: Unit) -> Iterator[tuple[str, bytes | None, Path | None, str | None, dict[str, Any]]]:
         if unit.tar is not None:
@@ -147,7 +154,7 @@ class _UnitStream(torch.utils.data.IterableDataset):
                 if len(batch["keys"]) == self.batch_size:
                     yield emit()
         except TruncatedShardError as err:
-            truncated = str(err)
+            truncated = {"error": str(err), "first_lost_key": err.first_lost, "offset": err.offset}
         if batch["keys"]:
             yield emit()
         yield {"unit": unit.index, "done": True, "skipped": skipped, "truncated": truncated}
@@ -197,16 +204,19 @@ def embed(
     """
     from oodlab.models import load_model
 
-    if batch_size < 1 or workers < 0:
-        raise InputError(None, "batch_size must be >= 1 and workers >= 0", None)
+    # before anything is loaded or written: batch_size 0 would make a whole part one batch
+    for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0), ("images_per_part", images_per_part, 1)):
+        if value < least:
+            raise InputError(None, f"{name}={value} is below its least value {least}", f"pass {name} >= {least}")
     units = plan_units(data, images_per_part)
     if text and any(not u.has_captions for u in units):
         raise InputError(None, "text=True needs captions, but folder and file sources have none", "embed shards, or drop --text")
+    check_writable(out)  # before the model loads: a read-only --out fails in a second, not after minutes
     loaded = load_model(model, checkpoint, device=device, precision=precision)
     run = RunFolder(out, "embed", inputs={"data": [u.source for u in units], "model": loaded.identity},
                     parameters={"text": text, "images_per_part": images_per_part},
                     settings={"batch_size": batch_size, "workers": workers, "device": device},
-                    reads=[s.path for s in resolve_data(data)], record=st.SIDECAR)
+                    reads=[*(s.path for s in resolve_data(data)), *map(Path, given_paths(data))], record=st.SIDECAR)
     finished = run.open(overwrite)
     if finished is not None:
         return finished
@@ -229,6 +239,8 @@ def embed(
     with Timer() as timer, progress("embed", total=n_parts, unit="parts") as advance, torch.inference_mode():
         advance(len(done))
         for item in loader if todo else []:
+            if "error" in item:
+                item["error"].reraise()
             acc = pending.setdefault(item["unit"], {"img": [], "text": [], "keys": [], "captions": [], "meta": []})
             if item.get("done"):
                 record = _write_unit(out, units[item["unit"]], n_parts, acc, item, text, loaded.identity["embed_dim"])
@@ -245,7 +257,7 @@ def embed(
             acc["captions"].extend(item["captions"])
             acc["meta"].extend(item["meta"])
     records = [done[u.index] for u in units]
-    dups = find_duplicate_keys(st.EmbeddingStore(out))
+    dups = find_duplicate_keys(st.EmbeddingStore(out, unfinished=False))
     if dups:
         raise InputError(
             out,
@@ -253,7 +265,7 @@ def embed(
             "keys must be unique in a store: embed sources with overlapping keys into separate stores",
         )
     skipped = [s for r in records for s in r["skipped"]]
-    truncated = [{"source": r["source"], "error": r["truncated"]} for r in records if r.get("truncated")]
+    truncated = [{"source": r["source"], **r["truncated"]} for r in records if r.get("truncated")]
     missing_text = [{"key": k, "source": r["source"]} for r in records for k in r.get("missing_text", [])]
     sidecar = st.write_sidecar(
         out,
@@ -266,6 +278,7 @@ def embed(
         missing_text=missing_text,
         parameters={"batch_size": batch_size, "images_per_part": images_per_part, "device": device},
     )
+    run.release()  # the sidecar is embed's completion record
     rate = n_images / timer.seconds if timer.seconds > 0 else 0.0
     summary(
         f"embed: {sidecar['count']} rows in {n_parts} parts ({len(units) - len(todo)} resumed), "

@@ -45,6 +45,7 @@ import numpy as np
 
 from oodlab.utils.atomic import read_json, save_npy, write_json, write_parquet
 from oodlab.utils.errors import IncompatibleError, InputError
+from oodlab.utils.runs import RUN_RECORD
 
 FORMAT = "oodlab-embedding-store"
 FORMAT_VERSION = 1
@@ -81,6 +82,8 @@ class StorePart:
     rows: int
     dim: int
     dtype: str
+    #: the metadata is readable, has the key column and as many rows as the embeddings
+    keys_readable: bool = True
 
 
 @dataclass
@@ -113,6 +116,15 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return arr.shape, arr.dtype
 
 
+def _unfinished_embed(path: Path) -> bool:
+    """Whether ``path`` was written by an ``oodlab embed`` run that has not finished (its run
+    record exists, its sidecar not yet): the parts there may be a fraction of the data."""
+    try:
+        return read_json(path / RUN_RECORD).get("stage") == "embed"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _part_files(path: Path) -> dict[str, dict[str, Path]]:
     """{suffix: {kind: file}} of every per-part file in the store folder (kinds: PART_FILES)."""
     found: dict[str, dict[str, Path]] = {}
@@ -133,10 +145,14 @@ class EmbeddingStore:
         path: the store folder.
         key_column: metadata column holding the sample key (default: the sidecar's, else
             ``image_path``).
-        strict: refuse a damaged store (a part missing its ``img_emb`` or metadata file, an
-            unreadable ``img_emb``). With False the store opens anyway: ``parts`` holds the parts
-            whose ``img_emb`` is readable (their metadata may be missing) and ``problems`` lists
-            the damage; only validation should read a store this way.
+        strict: refuse a damaged store: a part missing its ``img_emb`` or metadata file, an
+            unreadable ``img_emb`` or metadata, metadata without the key column or with another
+            row count than its embeddings, an unreadable sidecar, a store whose ``oodlab embed``
+            has not finished. With False the store opens anyway: ``parts`` holds the parts whose
+            ``img_emb`` is readable (``keys_readable`` says whether their keys are) and
+            ``problems`` lists the damage; only validation should read a store this way.
+        unfinished: count an unfinished ``oodlab embed`` run as damage (False only for embed
+            itself, which checks the parts it wrote before it writes the sidecar).
 
     Attributes:
         parts: the readable parts, in numeric order of their suffix.
@@ -147,14 +163,25 @@ class EmbeddingStore:
             damaged part (up to a few) and the fix.
     """
 
-    def __init__(self, path: str | Path, key_column: str | None = None, *, strict: bool = True):
+    def __init__(self, path: str | Path, key_column: str | None = None, *, strict: bool = True, unfinished: bool = True):
         self.path = Path(path)
         if not (self.path / IMG_DIR).is_dir():
             raise InputError(
                 self.path, f"is not an embedding store (no {IMG_DIR}/ folder)", "pass a folder written by `oodlab embed` or clip-retrieval"
             )
+        problems: list[str] = []
+        self.sidecar: dict[str, Any] | None = None
         sidecar = self.path / SIDECAR
-        self.sidecar: dict[str, Any] | None = read_json(sidecar) if sidecar.exists() else None
+        if sidecar.exists():
+            try:
+                self.sidecar = read_json(sidecar)
+                if not isinstance(self.sidecar, dict):
+                    raise ValueError(f"holds a JSON {type(self.sidecar).__name__}, not an object")
+            except ValueError as err:  # json.JSONDecodeError is a ValueError
+                self.sidecar = None
+                problems.append(f"{SIDECAR} is not a readable sidecar ({err})")
+        elif unfinished and _unfinished_embed(self.path):
+            problems.append(f"the `oodlab embed` run writing this store has not finished ({RUN_RECORD} but no {SIDECAR})")
         self.key_column = key_column or (self.sidecar or {}).get("key_column", DEFAULT_KEY_COLUMN)
         files = _part_files(self.path)
         listed = [e.get("suffix") for e in (self.sidecar or {}).get("parts", []) if isinstance(e, dict)]
@@ -163,7 +190,6 @@ class EmbeddingStore:
                 files.setdefault(suffix, {})
         if not files:
             raise InputError(self.path / IMG_DIR, "holds no img_emb_*.npy part", "run `oodlab embed` first")
-        problems: list[str] = []
         parts = []
         for suffix in sorted(files, key=lambda x: (int(x), x)):
             have = files[suffix]
@@ -182,8 +208,11 @@ class EmbeddingStore:
             if len(shape) != 2:
                 problems.append(f"{name}: has shape {shape}, expected [rows, dim]")
                 continue
+            keys_readable = False
             if "metadata" not in have:
                 problems.append(f"{name}: metadata {meta.name} is missing")
+            else:
+                keys_readable = self._check_metadata(meta, int(shape[0]), name, problems)
             parts.append(
                 StorePart(
                     index=int(suffix),
@@ -194,6 +223,7 @@ class EmbeddingStore:
                     rows=int(shape[0]),
                     dim=int(shape[1]),
                     dtype=str(dtype),
+                    keys_readable=keys_readable,
                 )
             )
         if strict and problems:
@@ -201,11 +231,30 @@ class EmbeddingStore:
             raise InputError(
                 self.path,
                 f"is damaged: {'; '.join(problems[:3])}{more}",
-                "restore the missing files; for an oodlab store, re-running the same `oodlab embed` re-creates "
-                "the damaged parts. `oodlab store validate` lists every problem",
+                "for an oodlab store, re-run the same `oodlab embed`: it re-creates damaged parts and finishes an "
+                "unfinished store (else restore the files); `oodlab store validate` lists every problem",
             )
         self.parts: list[StorePart] = parts
         self.problems: list[str] = problems
+
+    def _check_metadata(self, meta: Path, rows: int, name: str, problems: list[str]) -> bool:
+        """Whether a part's metadata can give its keys (read from the parquet footer only)."""
+        import pyarrow.parquet as pq
+
+        try:
+            footer = pq.ParquetFile(meta)
+        except Exception as err:  # pyarrow raises several types for a damaged file
+            problems.append(f"{name}: {meta.name} is not a readable parquet file ({type(err).__name__}: {err})")
+            return False
+        ok = True
+        if footer.metadata.num_rows != rows:
+            problems.append(f"{name}: {meta.name} has {footer.metadata.num_rows} rows, img_emb has {rows}")
+            ok = False
+        if self.key_column not in footer.schema_arrow.names:
+            problems.append(f"{name}: {meta.name} has no key column {self.key_column!r} "
+                            f"(columns: {footer.schema_arrow.names[:8]}; pass --key-column)")
+            ok = False
+        return ok
 
     # -- summary -----------------------------------------------------------------------------
     @property
@@ -281,6 +330,7 @@ class EmbeddingStore:
         keys: bool = True,
         dtype: Any = np.float32,
         parts: Sequence[int] | None = None,
+        check: bool = True,
     ) -> Iterator[Chunk]:
         """Stream the store in chunks of at most ``chunk_rows`` rows that never cross parts.
 
@@ -289,9 +339,15 @@ class EmbeddingStore:
             keys: also read the keys (from the metadata parquet).
             dtype: dtype of the returned embeddings (float32 by default; None keeps the stored one).
             parts: positions in ``self.parts`` to read (default all), e.g. one part per task.
+            check: refuse NaN/inf and non-unit rows as they stream (text: the all-zero marker
+                rows pass); False only for a reader that checks them itself.
+
+        Raises:
+            InputError: a bad row (naming the part file and the row), or a part whose metadata
+                has another number of rows.
         """
         if chunk_rows < 1:
-            raise ValueError("chunk_rows must be >= 1")
+            raise InputError(None, f"chunk_rows must be >= 1, got {chunk_rows}", "pass a positive --chunk-rows")
         offsets = self.part_offsets()
         for pi in range(len(self.parts)) if parts is None else parts:
             part = self.parts[pi]
@@ -303,6 +359,8 @@ class EmbeddingStore:
             for start in range(0, part.rows, chunk_rows):
                 block = emb[start : start + chunk_rows]
                 arr = np.array(block, dtype=dtype if dtype is not None else block.dtype)
+                if check:
+                    check_unit_rows(arr, path, "text row" if text else "row", start, allow_zero=text)
                 k = next(key_iter) if key_iter is not None else None
                 if k is not None and len(k) != len(arr):
                     raise InputError(
@@ -316,7 +374,7 @@ class EmbeddingStore:
 
     def read_all(self, *, text: bool = False, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
         """Load the whole store: (embeddings [count, d], keys [count]). For small stores only."""
-        embs, keys = [], []
+        embs, keys = [np.zeros((0, self.dim), dtype)], [np.zeros(0, object)]
         for chunk in self.iter_chunks(1 << 20, text=text, dtype=dtype):
             embs.append(chunk.embeddings)
             keys.append(chunk.keys)
@@ -339,7 +397,7 @@ class EmbeddingStore:
             if lo < hi:
                 yield pi, order[lo:hi], sorted_rows[lo:hi] - offsets[pi]
 
-    def take(self, rows: np.ndarray | Sequence[int], *, dtype: Any = np.float32, check_unit: bool = False) -> np.ndarray:
+    def take(self, rows: np.ndarray | Sequence[int], *, dtype: Any = np.float32, check_unit: bool = True) -> np.ndarray:
         """The image embeddings of global row indices ``rows``: ``dtype`` [len(rows), d].
 
         ``rows`` may come in any order and repeat. Memory: the result plus the requested rows of
@@ -349,7 +407,7 @@ class EmbeddingStore:
             rows: int [m] global row indices (rows counted over parts in order).
             dtype: dtype of the result.
             check_unit: refuse NaN/inf and non-unit rows (:func:`check_unit_rows`, naming the
-                part file and the row in it).
+                part file and the row in it); False only for a reader that checks them itself.
 
         Raises:
             IndexError: a row outside ``[0, count)``.
@@ -391,7 +449,8 @@ class EmbeddingStore:
         return pa.concat_tables([pq.read_table(p.meta_path, columns=columns) for p in self.parts], promote_options="default")
 
 
-def check_unit_rows(x: np.ndarray, where: str | Path, what: str = "row", rows: np.ndarray | int = 0) -> None:
+def check_unit_rows(x: np.ndarray, where: str | Path, what: str = "row", rows: np.ndarray | int = 0, *,
+                    allow_zero: bool = False) -> None:
     """Refuse NaN/inf and non-unit rows (cosine similarity needs L2-normalised embeddings).
 
     Args:
@@ -399,12 +458,15 @@ def check_unit_rows(x: np.ndarray, where: str | Path, what: str = "row", rows: n
         where: the file they come from (named in the error).
         what: how to call a row in the message ("row", "eval row", ...).
         rows: the rows' numbers in ``where``: an array [n], or the number of the first.
+        allow_zero: accept all-zero rows (the marker of a sample without a caption in text_emb).
 
     Raises:
         InputError: naming the first bad row, its problem and the fix.
     """
     norms = np.linalg.norm(np.asarray(x, np.float32), axis=1)
     bad = ~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE)
+    if allow_zero:
+        bad &= norms != 0
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         row = int(rows[i]) if isinstance(rows, np.ndarray) else rows + i

@@ -12,15 +12,15 @@ for a key recorded under ``missing_text`` (the part's stats record, else the sid
 
 from __future__ import annotations
 
-import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from oodlab.embeddings.store import NORM_TOLERANCE, SIDECAR, STATS_DIR, EmbeddingStore, StorePart, _npy_header
 from oodlab.utils.atomic import read_json
+from oodlab.utils.duplicates import repeated_keys
 from oodlab.utils.errors import InputError
 
 
@@ -55,51 +55,37 @@ def store_info(store: str | Path, key_column: str | None = None) -> dict[str, An
     }
 
 
-def _hash_keys(keys: np.ndarray) -> np.ndarray:
-    # Python's str hash is salted per process, which is fine: hashes never leave this process.
-    return np.fromiter((hash(k) for k in keys), dtype=np.int64, count=len(keys))
-
-
 def find_duplicate_keys(
     store: EmbeddingStore, chunk_rows: int = 1 << 20, bucket_rows: int = 1 << 25, *, parts: Sequence[int] | None = None
 ) -> dict[str, int]:
-    """Keys that occur more than once, with their counts.
-
-    Memory is bounded by ``bucket_rows`` hashes: a store larger than that has its 8-byte key
-    hashes spilled into buckets on disk (by hash value) and each bucket is checked alone.
+    """Keys that occur more than once, with their counts, in bounded memory
+    (:func:`oodlab.utils.duplicates.repeated_keys`).
 
     Args:
         parts: positions in ``store.parts`` to look at (default all).
     """
     chosen = [store.parts[i] for i in (range(len(store.parts)) if parts is None else parts)]
-    n_buckets = max(1, -(-sum(p.rows for p in chosen) // bucket_rows))
-    with tempfile.TemporaryDirectory(prefix="oodlab-dupkeys-") as tmp:
-        files = [open(Path(tmp) / f"b{i}.bin", "wb") for i in range(n_buckets)]
-        try:
-            for part in chosen:
-                for keys in store.iter_keys(part, chunk_rows):
-                    h = _hash_keys(keys)
-                    bucket = (h.view(np.uint64) % np.uint64(n_buckets)).astype(np.int64)
-                    for b in range(n_buckets):
-                        files[b].write(h[bucket == b].tobytes())
-        finally:
-            for f in files:
-                f.close()
-        suspects: list[np.ndarray] = []
-        for i in range(n_buckets):
-            h = np.fromfile(Path(tmp) / f"b{i}.bin", dtype=np.int64)
-            values, counts = np.unique(h, return_counts=True)
-            suspects.append(values[counts > 1])
-    suspect = np.concatenate(suspects)
-    if not len(suspect):
-        return {}
-    # hashes can collide: confirm on the keys themselves (few, since duplicates are rare)
-    counter: Counter[str] = Counter()
-    for part in chosen:
-        for keys in store.iter_keys(part, chunk_rows):
-            hit = np.isin(_hash_keys(keys), suspect)
-            counter.update(keys[hit].tolist())
-    return {k: c for k, c in counter.items() if c > 1}
+
+    def batches() -> Iterator[np.ndarray]:
+        for part in chosen:
+            yield from store.iter_keys(part, chunk_rows)
+
+    return repeated_keys(batches, sum(p.rows for p in chosen), bucket_rows)
+
+
+def require_unique_keys(store: EmbeddingStore) -> None:
+    """Refuse a store whose keys repeat (a reader's check: a key must name one sample, or pruning
+    puts it in both kept and removed). One pass over the key columns, memory as
+    :func:`find_duplicate_keys`.
+
+    Raises:
+        InputError: naming how many keys repeat and a few of them.
+    """
+    dups = find_duplicate_keys(store)
+    if dups:
+        raise InputError(store.path, f"{len(dups)} keys occur more than once in column {store.key_column!r} "
+                         f"(e.g. {list(dups)[:3]})",
+                         "a key must name one sample: re-embed with unique keys (`oodlab store validate` lists them)")
 
 
 def _scan_rows(path: Path, chunk_rows: int, norm_tolerance: float, zeros: bool) -> tuple[int, list[int], int, list[int], np.ndarray]:
@@ -153,8 +139,8 @@ def store_validate(
         chunk_rows: rows read at a time (bounds memory).
         norm_tolerance: allowed |norm - 1| of a row (float16 rounding moves a unit norm by ~5e-4).
     """
-    import pyarrow.parquet as pq
-
+    if chunk_rows < 1:
+        raise InputError(None, f"chunk_rows must be >= 1, got {chunk_rows}", "pass a positive --chunk-rows")
     store = EmbeddingStore(store, key_column, strict=False)
     problems: list[str] = list(store.problems)
     parts = store.parts
@@ -190,18 +176,7 @@ def store_validate(
                     text_parts.append(pi)
                     if shape[0] != p.rows:
                         problems.append(f"{name}: {p.text_path.name} has {shape[0]} rows, img_emb has {p.rows}")
-        if not p.meta_path.exists():
-            continue  # reported when the store was opened
-        try:
-            meta = pq.ParquetFile(p.meta_path)
-        except Exception as err:  # pyarrow raises several types for a damaged file
-            problems.append(f"{name}: {p.meta_path.name} is not a readable parquet file ({type(err).__name__}: {err})")
-            continue
-        if meta.metadata.num_rows != p.rows:
-            problems.append(f"{name}: {p.meta_path.name} has {meta.metadata.num_rows} rows, img_emb has {p.rows}")
-        if store.key_column not in meta.schema_arrow.names:
-            problems.append(f"{name}: {p.meta_path.name} has no key column {store.key_column!r}")
-        else:
+        if p.keys_readable:  # metadata problems were found when the store was opened
             key_parts.append(pi)
     for kind, positions in (("img", range(len(parts))), ("text", text_parts)):
         for pi in positions:

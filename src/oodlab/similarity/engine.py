@@ -362,7 +362,8 @@ def stream_store(
     with progress(description, total=sum(store.parts[p].rows for p in todo), unit="train rows") as advance:
         for pi in todo:
             results = []
-            for chunk in store.iter_chunks(chunk_rows, keys=False, dtype=None, parts=[pi]):
+            # check=False: the engine checks every row itself, on the rows it already converts
+            for chunk in store.iter_chunks(chunk_rows, keys=False, dtype=None, parts=[pi], check=False):
                 try:
                     results.append(engine.process(chunk.embeddings, int(offsets[pi]) + chunk.start))
                 except BadRowError as err:

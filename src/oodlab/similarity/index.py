@@ -36,7 +36,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from oodlab.embeddings.store import EmbeddingStore, check_unit_rows
+from oodlab.embeddings.store import EmbeddingStore
+from oodlab.embeddings.validate import require_unique_keys
 from oodlab.models.loading import same_model
 from oodlab.similarity.engine import EvalSet, StreamingNeighbors, stream_store
 from oodlab.similarity.factory import (
@@ -180,6 +181,7 @@ def index_build(
     if chunk_rows < 1 or recall_queries < 0 or k < 1 or (memory_gb is not None and memory_gb <= 0):
         raise InputError(None, "chunk_rows and k must be >= 1, recall_queries >= 0 and memory_gb > 0", None)
     train = EmbeddingStore(store, key_column)
+    require_unique_keys(train)
     n, d = train.count, train.dim
     if n == 0:
         raise InputError(train.path, "holds no rows", "embed the store first")
@@ -214,7 +216,7 @@ def index_build(
                 ivf = faiss.try_extract_index_ivf(index)
                 want = max(MIN_TRAIN_ROWS, TRAIN_PER_CENTROID * (ivf.nlist if ivf is not None else 0))
                 rows = _sample_rows(n, min(want, MAX_TRAIN_ROWS), seed, 0)
-                x = train.take(rows, check_unit=True)
+                x = train.take(rows)
                 train_rows = len(x)
                 log.info("index build: training %s on %d sampled rows", chosen, train_rows)
                 index.train(x)
@@ -232,7 +234,7 @@ def index_build(
             per_query = np.zeros(0)
             q_keys = np.zeros(0, dtype=object)
             if len(q_rows):
-                queries, q_keys = train.take(q_rows, check_unit=True), train.keys_at(q_rows)
+                queries, q_keys = train.take(q_rows), train.keys_at(q_rows)
                 _, ann = index.search(queries, k)
                 exact = _exact_topk(train, queries, q_keys, k, chunk_rows)
                 per_query = recall_at_k(ann, exact)
@@ -281,7 +283,6 @@ def _add_store(index: Any, store: EmbeddingStore, keys_path: Path, chunk_rows: i
     with atomic_path(keys_path) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
             progress("index add", total=store.count, unit="rows") as advance:
         for chunk in store.iter_chunks(chunk_rows, keys=True, dtype=np.float32):
-            check_unit_rows(chunk.embeddings, store.parts[chunk.part].img_path, "row", chunk.start)
             index.add(chunk.embeddings)
             writer.write_table(pa.table({"key": pa.array(chunk.keys.tolist(), pa.string())}, schema=schema))
             advance(len(chunk))
@@ -364,7 +365,7 @@ def index_search(
                                                  seed, chunk_rows, name)
             per_query, q_keys = np.zeros(0), np.zeros(0, dtype=object)
             if len(q_rows):
-                queries, q_keys = ev.take(q_rows, check_unit=True), ev.keys_at(q_rows)
+                queries, q_keys = ev.take(q_rows), ev.keys_at(q_rows)
                 per_query = recall_at_k(q_ann, _exact_topk(train, queries, q_keys, k, chunk_rows))
             _write_recall(run.out / RECALL_DIR / f"{name}.parquet", q_keys, per_query)
             recall[name] = _report_recall(per_query, k, f"index search ({name})")
@@ -413,7 +414,6 @@ def _search_store(ix: Any, ev: EmbeddingStore, lookup: KeyLookup, path: Path, k:
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
             progress(f"index search {name}", total=ev.count, unit="queries") as advance:
         for chunk in ev.iter_chunks(chunk_rows, keys=True, dtype=np.float32):
-            check_unit_rows(chunk.embeddings, ev.parts[chunk.part].img_path, "eval row", chunk.start)
             scores, ids = ix.search(chunk.embeddings, k)
             lo, hi = np.searchsorted(q_rows, [chunk.offset, chunk.offset + len(chunk)])
             q_ann[lo:hi] = ids[q_rows[lo:hi] - chunk.offset]

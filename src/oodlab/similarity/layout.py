@@ -76,14 +76,33 @@ class NeighborsFolder:
         return sorted(p.stem for p in (self.path / THRESHOLDS_DIR).glob("*.parquet"))
 
     def train_parts(self) -> list[Path]:
-        """The per-training-part files, in numeric order of their suffix (training order)."""
+        """The per-training-part files, in numeric order of their suffix (training order).
+
+        Raises:
+            InputError: a finished run's folder holds fewer parts than its manifest counts, or a
+                part is not a readable parquet file (a reader would otherwise see part of the pool).
+        """
+        import pyarrow.parquet as pq
+
         found = []
         folder = self.path / TRAIN_DIR
         for p in folder.iterdir() if folder.is_dir() else []:
             m = _PART.match(p.name)
             if m:
                 found.append((int(m.group(1)), p))
-        return [p for _, p in sorted(found)]
+        parts = [p for _, p in sorted(found)]
+        record = self.path / MANIFEST_NAME
+        expected = (read_json(record).get("counts") or {}).get("train_parts") if record.is_file() else None
+        if expected is not None and expected != len(parts):
+            raise InputError(folder, f"holds {len(parts)} per-training-part tables, its manifest counts {expected}",
+                             "re-run the same `oodlab neighbors` with --overwrite")
+        for p in parts:
+            try:
+                pq.ParquetFile(p)
+            except Exception as err:  # pyarrow raises several types for a damaged file
+                raise InputError(p, f"is not a readable parquet file ({err})",
+                                 "re-run the same `oodlab neighbors` with --overwrite") from err
+        return parts
 
     def manifest(self) -> dict:
         """The completion record of the run.

@@ -19,7 +19,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from oodlab.embeddings.store import EmbeddingStore, check_unit_rows
+from oodlab.embeddings.store import EmbeddingStore
+from oodlab.embeddings.validate import require_unique_keys
 from oodlab.models.loading import same_model
 from oodlab.similarity.engine import EvalSet, StreamingNeighbors, stream_store
 from oodlab.similarity.layout import (
@@ -52,7 +53,6 @@ def load_eval_set(name: str, path: str | Path, key_column: str | None = None) ->
     """
     store = EmbeddingStore(path, key_column)
     emb, keys = store.read_all()
-    check_unit_rows(emb, store.path, "eval row")
     if len(emb) == 0:
         raise InputError(store.path, "holds no rows", "embed the eval set first")
     uniq, counts = np.unique(keys, return_counts=True)
@@ -169,7 +169,8 @@ def neighbors(
     threshold_files = dict(threshold_files or {})
     reference_stores = dict(reference_stores or {})
     if k < 0 or chunk_rows < 1:
-        raise InputError(None, "k must be >= 0 and chunk_rows >= 1", None)
+        raise InputError(None, f"k must be >= 0 and chunk_rows >= 1 (got k={k}, chunk_rows={chunk_rows})",
+                         "pass --k 0 or more and a positive --chunk-rows")
     if len(reference_stores) > 1:
         raise InputError(None, f"{len(reference_stores)} reference stores given; the margins need one threshold per eval sample",
                          "pass one --reference-store NAME=STORE (run again for another reference)")
@@ -180,6 +181,7 @@ def neighbors(
     if unknown:
         raise InputError(None, f"threshold files given for unknown eval sets {sorted(unknown)}", "use the names of --eval-store")
     train = EmbeddingStore(train_store, key_column)
+    require_unique_keys(train)
     eval_sets, stores = [], {"train": train}
     for name, path in eval_stores.items():
         e, s = load_eval_set(name, path, key_column)
@@ -191,6 +193,8 @@ def neighbors(
         ref_store = EmbeddingStore(ref_path, key_column)
         stores[f"reference {ref_name}"] = ref_store
     _check_compatible(stores)
+    if k > train.count:
+        log.info("neighbors: k=%d is more than the %d training rows: %d neighbours per eval sample", k, train.count, train.count)
     run = RunFolder(out, "neighbors",
                     inputs={"train_store": fingerprint(train.path),
                             "eval_stores": {n: fingerprint(stores[f"eval {n}"].path) for n in eval_stores},
@@ -207,7 +211,7 @@ def neighbors(
 
     with Timer() as timer:
         _resolve_thresholds(folder, eval_sets, threshold_files, ref_name, ref_store, chunk_rows, screen, device)
-        engine = StreamingNeighbors(eval_sets, k, screen=screen, device=device)
+        engine = StreamingNeighbors(eval_sets, min(k, train.count), screen=screen, device=device)
         start = _load_resume_state(folder, train, engine)
 
         def part_done(pi: int, results: list) -> None:
@@ -225,7 +229,7 @@ def neighbors(
     shutil.rmtree(folder.state_dir, ignore_errors=True)
     manifest = run.finish(
         model=train.model,
-        counts={"train_rows": train.count, "train_parts": n_parts, "resumed_parts": start, **counts},
+        counts={"train_rows": train.count, "train_parts": n_parts, "k": min(k, train.count), **counts},
         outputs={"eval": f"{EVAL_DIR}/{{name}}.parquet", "train": f"{TRAIN_DIR}/part_{{suffix}}.parquet",
                  "thresholds": f"{THRESHOLDS_DIR}/{{name}}.parquet"},
     )

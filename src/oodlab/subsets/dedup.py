@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from oodlab.embeddings.store import EmbeddingStore
+from oodlab.embeddings.validate import require_unique_keys
 from oodlab.subsets import clusters as cl
 from oodlab.subsets.greedy import RULES, dedup_ordered
 from oodlab.subsets.keylists import KEY_COLUMN, KeyListWriter, load_keep_from, membership, read_keys
@@ -128,6 +129,7 @@ def dedup(
     """
     _check_args(eps, clusters, sample_rows, iterations, rule, chunk_rows, block_rows, group_rows)
     emb_store = EmbeddingStore(store, key_column)
+    require_unique_keys(emb_store)
     run = RunFolder(out, "dedup",
                     inputs={"store": fingerprint(emb_store.path), "keep_from": None if keep_from is None else fingerprint(keep_from),
                             "key_column": key_column, "group_column": group_column},

@@ -11,6 +11,7 @@ and renames it into place when closed, so memory stays bounded by what is writte
 from __future__ import annotations
 
 import contextlib
+import itertools
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -63,17 +64,31 @@ def iter_keys(path: str | Path, batch_rows: int = BATCH_ROWS) -> Iterator[np.nda
                 col = pc.cast(col, pa.string())
             yield col.to_numpy(zero_copy_only=False)
         return
+    try:
+        with open(path, encoding="utf-8") as f:
+            batch: list[str] = []
+            for line in f:
+                key = line.strip()
+                if key:
+                    batch.append(key)
+                    if len(batch) >= batch_rows:
+                        yield np.array(batch, dtype=object)
+                        batch = []
+            if batch:
+                yield np.array(batch, dtype=object)
+    except UnicodeDecodeError as err:
+        raise InputError(path, f"is not UTF-8 text ({err.reason})", "write the key list as UTF-8, one key per line") from None
+
+
+def row_name(path: str | Path, row: int) -> str:
+    """How a user finds row ``row`` (0-based, as :func:`iter_keys` counts) of a key list:
+    ``row 12`` of a parquet (counted from 0), ``line 14`` of a text file (blank lines counted)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return f"row {row} (counted from 0)"
     with open(path, encoding="utf-8") as f:
-        batch: list[str] = []
-        for line in f:
-            key = line.strip()
-            if key:
-                batch.append(key)
-                if len(batch) >= batch_rows:
-                    yield np.array(batch, dtype=object)
-                    batch = []
-        if batch:
-            yield np.array(batch, dtype=object)
+        keys = (number for number, line in enumerate(f, 1) if line.strip())
+        return f"line {next(itertools.islice(keys, row, None))}"
 
 
 def read_keys(path: str | Path) -> np.ndarray:

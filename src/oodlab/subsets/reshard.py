@@ -5,7 +5,11 @@ Two phases, each split into idempotent units run by ``workers`` processes:
 1. scan (one unit per input tar): :func:`~oodlab.data.tarindex.index_tar` reads the tar's
    headers, the samples whose key was requested are selected, their metadata rows are written
    to ``OUT/.staging/index/{i:05d}.parquet`` and their member spans to ``{i:05d}.npz`` (both
-   atomically, the npz last). A unit whose two files exist is skipped on re-run.
+   atomically, the npz last). A requested sample without an image member (none of
+   :data:`~oodlab.data.tarformat.IMAGE_EXTENSIONS`: a caption alone is no training sample) is
+   not selected; its key is kept in the npz to be listed as skipped. A unit whose two files
+   exist is skipped on re-run. A truncated input tar is refused, naming the byte of the damage
+   and the first sample lost (:class:`~oodlab.data.tarformat.TruncatedShardError`).
 2. assemble (one unit per output shard): the plan is every selected sample in input order (the
    order of ``data`` as given, a folder's tars sorted by name), then tar order within a shard;
    a key found in several inputs is written once, from its first input. Output shard j holds
@@ -46,12 +50,19 @@ the same values in those of the three columns that the parquet has, null elsewhe
   drawn from one input, and then describe that input's download run (all of its ``count`` urls),
   not the making of the subset.
 
-Then verification: every requested key is either written or listed in ``missing.parquet``;
-requested keys given more than once are listed in ``duplicates.parquet`` and written once.
+Then verification: every requested key is either written, or listed in ``skipped.parquet``
+(key, source_shard, reason: its sample was found, in no input with an image member), or in
+``missing.parquet``; requested keys given more than once are listed in ``duplicates.parquet``
+and written once.
 Also written: ``written.parquet`` (key, shard, source_shard: the listing of written keys),
 ``openclip.json`` (``--train-data`` brace pattern and ``--train-num-samples``), ``uids.npy``
 (DataComp-style sorted ``u8,u8`` uids, see :mod:`oodlab.subsets.uids`) and ``manifest.json``
 (written last; a re-run of a completed run returns it).
+
+The key list is checked before anything is written: a key no sample can have (a NUL, a dot in
+its base name: :func:`~oodlab.data.tarformat.sample_key_problem`) is refused naming its row. So
+no key holds a NUL, and the numpy ``S`` arrays keys are matched in (which drop trailing NULs)
+hold every key exactly; the tar readers refuse member names with a NUL.
 
 Memory: the requested keys (a sorted bytes array, memory-mapped by the workers), the plan (key,
 spans and staged row of each selected sample, each input's non-counter stats fields) and the
@@ -61,6 +72,7 @@ inputs one at a time. No phase holds all input parquets.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -73,10 +85,12 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from oodlab.data.shard_writer import shard_complete
-from oodlab.data.sources import shard_paths
+from oodlab.data.sources import given_paths, shard_paths
+from oodlab.data.tarformat import IMAGE_EXTENSIONS, sample_key_problem
 from oodlab.data.tarindex import index_tar
+from oodlab.data.workers import call_carrying, returned
 from oodlab.subsets.copyshard import RECOMPUTED_STATS, SOURCE_COLUMN, ShardPlan, write_shard
-from oodlab.subsets.keylists import read_keys
+from oodlab.subsets.keylists import read_keys, row_name
 from oodlab.subsets.uids import key_uids, openclip_args
 from oodlab.utils.atomic import atomic_path, read_json, save_npy, write_json, write_parquet
 from oodlab.utils.errors import IncompatibleError, InputError
@@ -86,15 +100,27 @@ from oodlab.utils.runs import RunFolder
 log = logging.getLogger(__name__)
 
 STAGING = ".staging"
+#: why a requested sample without an image member is listed in skipped.parquet
+NO_IMAGE = f"no image member (none of {', '.join(IMAGE_EXTENSIONS)})"
 #: missing keys listed in the manifest itself (all of them are in missing.parquet)
 MANIFEST_MISSING = 1000
 
 
 # -- inputs ----------------------------------------------------------------------------------
 def requested_keys(keys: str | Path) -> tuple[list[str], dict[str, int]]:
-    """(unique keys in first-occurrence order, {key: count} of the keys given more than once)."""
+    """(unique keys in first-occurrence order, {key: count} of the keys given more than once).
+
+    Raises:
+        InputError: a key no sample can have (:func:`~oodlab.data.tarformat.sample_key_problem`),
+            naming its row.
+    """
     raw = read_keys(keys)
     unique = list(dict.fromkeys(raw.tolist()))
+    for key in unique:
+        problem = sample_key_problem(key)
+        if problem is not None:
+            raise InputError(keys, f"{row_name(keys, raw.tolist().index(key))}: key {key!r} {problem}",
+                             "correct or drop that row: a key is a sample's member name without extension (000010023)")
     duplicates: dict[str, int] = {}
     if len(unique) != len(raw):
         values, counts = np.unique(raw.astype(str), return_counts=True)
@@ -117,15 +143,19 @@ def scan_input(task: tuple[int, str, str, str]) -> int:
     Writes the selected samples' metadata rows (:func:`input_rows`) to ``{i:05d}.parquet``, then
     the staging index ``{i:05d}.npz`` (its existence marks the unit done), holding per selected
     sample in tar order: ``keys`` (UTF-8 bytes), ``offsets`` into the member spans ``starts`` /
-    ``ends``; and ``stats``, the JSON of :func:`input_run_fields`. Returns the samples in the tar."""
+    ``ends``; ``skipped``, the keys of the requested samples without an image member, which are
+    not selected; and ``stats``, the JSON of :func:`input_run_fields`. Returns the samples in the tar."""
     i, tar, requested_path, index_path = task
     requested = np.load(requested_path, mmap_mode="r", allow_pickle=False)
     index = index_tar(tar, read_ext=b"txt")
     if len(requested) and len(index):
         pos = np.minimum(np.searchsorted(requested, index.keys), len(requested) - 1)
-        selected = np.flatnonzero(requested[pos] == index.keys)
+        wanted = np.flatnonzero(requested[pos] == index.keys)
     else:
-        selected = np.zeros(0, np.int64)
+        wanted = np.zeros(0, np.int64)
+    is_image = np.isin(index.ext, [e.encode() for e in IMAGE_EXTENSIONS])
+    images = np.add.reduceat(is_image, index.bounds[:-1]) if len(index) else np.zeros(0, np.int64)  # every sample has a member
+    selected, skipped = wanted[images[wanted] > 0], wanted[images[wanted] == 0]
     members, offsets = _members_of(index.bounds, selected)
     is_txt = np.isin(members, np.fromiter(index.payload, np.int64, len(index.payload)))
     sample_of = np.repeat(np.arange(len(selected)), np.diff(offsets))
@@ -139,7 +169,7 @@ def scan_input(task: tuple[int, str, str, str]) -> int:
     with atomic_path(index_path) as tmp, open(tmp, "wb") as f:
         np.savez(
             f, keys=index.keys[selected], offsets=offsets, starts=index.start[members], ends=index.end[members],
-            stats=np.frombuffer(stats, np.uint8), samples=np.int64(len(index)),
+            skipped=index.keys[skipped], stats=np.frombuffer(stats, np.uint8), samples=np.int64(len(index)),
         )
     return len(index)
 
@@ -233,6 +263,8 @@ class Plan:
     schema: Any  # pyarrow schema of the rows of every input (the union; source_shard excluded)
     scanned: int  # samples in the input tars
     source_duplicates: int  # selected samples dropped because their key came earlier
+    skipped_keys: np.ndarray  # object [k]: requested keys found only in samples without an image member
+    skipped_source: np.ndarray  # int32 [k]: the first input each was found in
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -272,8 +304,8 @@ class _Runner:
                 return results
             if self._pool is None:
                 self._pool = multiprocessing.get_context("spawn").Pool(self.workers)
-            for r in self._pool.imap(fn, tasks):
-                results.append(r)
+            for r in self._pool.imap(functools.partial(call_carrying, fn), tasks):
+                results.append(returned(r))  # an InputError arrives as data (oodlab.data.workers)
                 advance(1)
         return results
 
@@ -314,7 +346,8 @@ def subset(
         the manifest.
     """
     if per_shard < 1 or workers < 0:
-        raise InputError(None, "per_shard must be >= 1 and workers >= 0", None)
+        raise InputError(None, f"per_shard must be >= 1 and workers >= 0 (got per_shard={per_shard}, workers={workers})",
+                         "pass a positive --per-shard and --workers 0 or more")
     inputs_list = shard_paths(data)
     unique, duplicates = requested_keys(keys)
     requested = np.sort(np.array([k.encode("utf-8", "surrogateescape") for k in unique], dtype=bytes)) if unique else np.zeros(0, "S1")
@@ -322,7 +355,7 @@ def subset(
                     inputs={"keys": str(keys), "keys_sha256": hashlib.sha256(b"\n".join(requested.tolist())).hexdigest(),
                             "data": [str(p) for p in inputs_list]},
                     parameters={"per_shard": per_shard, "verify": verify}, settings={"workers": workers},
-                    reads=[keys, *inputs_list])
+                    reads=[keys, *inputs_list, *map(Path, given_paths(data))])
     done = run.open(overwrite)
     out = run.out
     staging = out / STAGING
@@ -345,9 +378,11 @@ def subset(
         runner.run(assemble_shard, tasks, "subset: write", "shards")
     written_keys = plan.keys.tolist()
     written = set(written_keys)
-    missing = [k for k in unique if k not in written]
-    if len(written) + len(missing) != len(unique) or len(written) != len(written_keys):
-        raise RuntimeError("verification failed: written + missing != requested")  # a bug, not an input problem
+    skipped = set(plan.skipped_keys.tolist())
+    missing = [k for k in unique if k not in written and k not in skipped]
+    if (len(written) + len(skipped) + len(missing) != len(unique) or len(written) != len(written_keys)
+            or len(skipped) != len(plan.skipped_keys) or not written.isdisjoint(skipped)):
+        raise RuntimeError("verification failed: written + skipped + missing != requested")  # a bug, not an input problem
     counts = _verify_outputs(out, names, plan, per_shard)
     _write_listings(out, plan, names, per_shard, missing, duplicates)
     tar_bytes = sum((out / f"{n}.tar").stat().st_size for n in names)
@@ -361,6 +396,7 @@ def subset(
         "input_shards": len(inputs_list),
         "input_samples": plan.scanned,
         "written": len(plan),
+        "skipped": len(skipped),
         "missing": len(missing),
         "duplicate_source_keys": plan.source_duplicates,
         "output_shards": len(names),
@@ -370,7 +406,7 @@ def subset(
     manifest = run.finish(
         counts=manifest_counts,
         outputs={"shards": f"{{{names[0]}..{names[-1]}}}.tar" if names else None, "written": "written.parquet",
-                 "missing": "missing.parquet", "duplicates": "duplicates.parquet", "openclip": "openclip.json",
+                 "skipped": "skipped.parquet", "missing": "missing.parquet", "duplicates": "duplicates.parquet", "openclip": "openclip.json",
                  "uids": "uids.npy", "missing_keys": missing[:MANIFEST_MISSING],
                  "missing_keys_listed": min(len(missing), MANIFEST_MISSING)},
     )
@@ -378,7 +414,7 @@ def subset(
     rate = len(plan) / max(timer.seconds, 1e-9)
     summary(
         f"subset: {len(plan)} of {len(unique)} requested samples written to {len(names)} shards "
-        f"({len(missing)} missing, {len(duplicates)} keys requested twice or more, {plan.source_duplicates} found in several inputs) "
+        f"({len(skipped)} skipped without an image, {len(missing)} missing, {len(duplicates)} keys requested twice or more, {plan.source_duplicates} found in several inputs) "
         f"in {timer.seconds:.1f} s ({rate:,.0f} samples/s, {tar_bytes / max(timer.seconds, 1e-9) / 1e6:,.1f} MB/s) -> {out}"
     )
     return manifest
@@ -391,7 +427,7 @@ def _plan(inputs: list[Path], index_paths: list[Path]) -> Plan:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    keys, sources, rows, counts, m_start, m_end, run_fields = [], [], [], [], [], [], []
+    keys, sources, rows, counts, m_start, m_end, run_fields, skipped, skipped_from = [], [], [], [], [], [], [], [], []
     schema = None
     scanned = 0
     for i, path in enumerate(index_paths):
@@ -404,6 +440,8 @@ def _plan(inputs: list[Path], index_paths: list[Path]) -> Plan:
             m_start.append(z["starts"])
             m_end.append(z["ends"])
             run_fields.append(json.loads(z["stats"].tobytes().decode("utf-8")))
+            skipped += [k.decode("utf-8", "surrogateescape") for k in z["skipped"].tolist()]
+            skipped_from += [i] * len(z["skipped"])
         staged = pq.read_schema(rows_path(path))  # the footer only, one input at a time
         try:
             schema = staged if schema is None else pa.unify_schemas([schema, staged], promote_options="permissive")
@@ -420,8 +458,15 @@ def _plan(inputs: list[Path], index_paths: list[Path]) -> Plan:
         all_keys, source, row, count = all_keys[first], source[first], row[first], count[first]
         starts, ends = starts[member_keep], ends[member_keep]
     offsets = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
+    # a key skipped in one input may be written from another; listed once, from its first input
+    written = set(all_keys.tolist())
+    listed: dict[str, int] = {}
+    for key, i in zip(skipped, skipped_from):
+        if key not in written:
+            listed.setdefault(key, i)
     return Plan([str(p) for p in inputs], all_keys, source, row, offsets, starts, ends,
-                [str(rows_path(p)) for p in index_paths], run_fields, schema, scanned, int((~first).sum()))
+                [str(rows_path(p)) for p in index_paths], run_fields, schema, scanned, int((~first).sum()),
+                np.array(list(listed), dtype=object), np.array(list(listed.values()), dtype=np.int32))
 
 
 def _verify_outputs(out: Path, names: list[str], plan: Plan, per_shard: int) -> dict[str, Any]:
@@ -444,6 +489,10 @@ def _write_listings(out: Path, plan: Plan, names: list[str], per_shard: int, mis
     write_parquet(out / "written.parquet", pa.table(
         {"key": plan.keys.tolist(), "shard": shard_of, "source_shard": [source_names[i] for i in plan.sample_source.tolist()]},
         schema=pa.schema([("key", pa.string()), ("shard", pa.string()), ("source_shard", pa.string())])))
+    write_parquet(out / "skipped.parquet", pa.table(
+        {"key": plan.skipped_keys.tolist(), "source_shard": [source_names[i] for i in plan.skipped_source.tolist()],
+         "reason": [NO_IMAGE] * len(plan.skipped_keys)},
+        schema=pa.schema([("key", pa.string()), ("source_shard", pa.string()), ("reason", pa.string())])))
     write_parquet(out / "missing.parquet", pa.table({"key": pa.array(list(missing), pa.string())}))
     write_parquet(out / "duplicates.parquet", pa.table(
         {"key": pa.array(list(duplicates), pa.string()), "count": pa.array(list(duplicates.values()), pa.int64())}))

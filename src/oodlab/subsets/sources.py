@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from oodlab.similarity.layout import MAX_SIM, NeighborsFolder, sets_with
+from oodlab.utils.duplicates import repeated_keys
 from oodlab.utils.errors import InputError
 
 
@@ -30,12 +31,14 @@ class PartSource:
         columns: the columns every part has.
         read: ``read(columns)`` yields one pyarrow Table per part with those columns (``key``
             first), in training order.
+        rows: how many rows there are, or an upper bound (sizes the duplicate-key check).
     """
 
     path: Path
     kind: str
     columns: list[str]
     read: Callable[[Sequence[str]], Iterator[Any]]
+    rows: int
 
 
 def _neighbors_source(path: Path) -> PartSource:
@@ -52,7 +55,8 @@ def _neighbors_source(path: Path) -> PartSource:
         for p in parts:
             yield pq.read_table(p, columns=list(cols))
 
-    return PartSource(path=path, kind="neighbors", columns=columns, read=read)
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    return PartSource(path=path, kind="neighbors", columns=columns, read=read, rows=rows)
 
 
 def _store_source(path: Path) -> PartSource:
@@ -72,7 +76,7 @@ def _store_source(path: Path) -> PartSource:
             keys = np.concatenate(chunks) if chunks else np.zeros(0, dtype=object)
             yield pa.table({"key": pa.array(keys.tolist(), pa.string())})
 
-    return PartSource(path=path, kind="store", columns=["key"], read=read)
+    return PartSource(path=path, kind="store", columns=["key"], read=read, rows=store.count)
 
 
 def _keylist_source(path: Path) -> PartSource:
@@ -84,7 +88,8 @@ def _keylist_source(path: Path) -> PartSource:
         for batch in iter_keys(path):
             yield pa.table({"key": pa.array(batch.tolist(), pa.string())})
 
-    return PartSource(path=path, kind="keys", columns=["key"], read=read)
+    # a key takes at least 2 bytes in either format: an upper bound without reading the list
+    return PartSource(path=path, kind="keys", columns=["key"], read=read, rows=path.stat().st_size // 2)
 
 
 #: source kind -> constructor
@@ -99,12 +104,17 @@ def open_source(path: str | Path, kind: str) -> PartSource:
     """Open ``path`` as a pool source of ``kind`` (see :data:`SOURCE_KINDS`).
 
     Raises:
-        InputError: the path does not exist or is not of that kind.
+        InputError: the path does not exist, is not of that kind or repeats a key.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(path, "not found", f"pass an existing {kind} path")
-    return SOURCE_KINDS[kind](path)
+    source = SOURCE_KINDS[kind](path)
+    dups = repeated_keys(lambda: (t.column("key").to_numpy(zero_copy_only=False) for t in source.read(["key"])), source.rows)
+    if dups:
+        raise InputError(path, f"{len(dups)} keys occur more than once (e.g. {list(dups)[:3]}): a pruned key would be "
+                         "both kept and removed", "deduplicate the keys of the pool (`oodlab store validate` lists a store's)")
+    return source
 
 
 def require_columns(source: PartSource, columns: Sequence[str], fix: str) -> None:

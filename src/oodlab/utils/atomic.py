@@ -17,6 +17,7 @@ inputs, so durability against power loss is not worth that on every file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -50,9 +51,45 @@ class CommitOnExit:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
-            self.close()
+            try:
+                self.close()
+            except OSError as err:
+                self.abort()
+                raise_output_error(getattr(self, "path", None), err)
         else:
             self.abort()
+            if isinstance(exc, OSError):
+                raise_output_error(getattr(self, "path", None), exc)
+
+
+#: errno values that mean "this output cannot be written here" rather than a bug
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def raise_output_error(path: str | Path | None, err: OSError) -> None:
+    """Re-raise a failed write as :class:`~oodlab.utils.errors.OutputError` naming the file, the
+    cause and the free space left, when it is a full disk or a read-only/forbidden output (numpy's
+    ``tofile`` reports a full disk as "N requested and M written" without an errno); else re-raise
+    ``err`` unchanged."""
+    from oodlab.utils.errors import OutputError
+
+    short = "requested and" in str(err) and "written" in str(err)
+    if err.errno not in _WRITE_ERRNOS and not short:
+        raise err
+    where = Path(err.filename) if err.filename else Path(path) if path is not None else None
+    free = ""
+    probe = where
+    while probe is not None and not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe is not None and probe.exists():
+        free = f"; {shutil.disk_usage(probe).free:,} bytes free on its file system"
+    cause = err.strerror or str(err)
+    if short or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        raise OutputError(path if path is not None else where, f"could not be written: {cause} (the disk or quota is full, "
+                          f"or the file size limit was reached){free}",
+                          "free space or choose another --out, then run the same command again: it resumes, "
+                          "and nothing complete was lost") from err
+    raise OutputError(where, f"cannot be written: {cause}", "choose a writable --out (or fix its permissions)") from err
 
 
 class PendingPath(CommitOnExit):

@@ -29,3 +29,8 @@ class InputError(OodlabError, ValueError):
 
 class IncompatibleError(InputError):
     """Two inputs that must agree (model, dimension, parameters) do not."""
+
+
+class OutputError(InputError):
+    """An output cannot be written: the disk is full, the folder is read-only or not ours, or
+    another run is writing it. What was already written stays as it was."""
