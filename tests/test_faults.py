@@ -118,14 +118,14 @@ STORE_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
 
 #: commands reading a store S (the damaged copy); validate reports instead of refusing (exit 1)
 STORE_READERS: dict[str, tuple[str, int]] = {
-    "neighbors-train": ("neighbors --train-store {S} --eval-store ev={root}/ev --out {O}", 2),
-    "neighbors-eval": ("neighbors --train-store {root}/train --eval-store ev={S} --out {O}", 2),
-    "neighbors-reference": ("neighbors --train-store {root}/train --eval-store ev={root}/ev --reference-store ref={S} --out {O}", 2),
-    "dedup": ("dedup --store {S} --out {O} --eps 0.1", 2),
-    "index-build": ("index build --store {S} --out {O} --factory Flat --recall-queries 4", 2),
-    "prune-random": ("prune random --store {S} --out {O} --keep 5", 2),
-    "store-info": ("store info --store {S}", 2),
-    "store-validate": ("store validate --store {S}", 1),
+    "neighbors-train": ("neighbors --train-store {D} --eval-store ev={root}/ev --out {O}", 2),
+    "neighbors-eval": ("neighbors --train-store {root}/train --eval-store ev={D} --out {O}", 2),
+    "neighbors-reference": ("neighbors --train-store {root}/train --eval-store ev={root}/ev --reference-store ref={D} --out {O}", 2),
+    "dedup": ("dedup --store {D} --out {O} --eps 0.1", 2),
+    "index-build": ("index build --store {D} --out {O} --factory Flat --recall-queries 4", 2),
+    "prune-random": ("prune random --store {D} --out {O} --keep 5", 2),
+    "store-info": ("store info --store {D}", 2),
+    "store-validate": ("store validate --store {D}", 1),
 }
 #: damage a reader does not rely on: a reference store is read for its nearest rows only; store
 #: info and prune random read keys and counts, not rows (validate reports those, VALIDATE_SAYS)
@@ -140,22 +140,18 @@ VALIDATE_SAYS = {"non-unit-row": r"part 1 \(img_emb_1.npy\): 1 rows not unit-nor
                  "other-dim": r"part 1 \(img_emb_1.npy\): dim 17 differs"}
 
 
-def _neighbors_damage(name: str) -> Callable[[Path], None]:
-    return {
-        "unfinished": lambda n: (n / "manifest.json").unlink(),
-        "part-gone": lambda n: (n / "train/part_1.parquet").unlink(),
-        "corrupt-part": lambda n: (n / "train/part_0.parquet").write_bytes(b"garbage"),
-        "duplicate-keys": lambda n: _rewrite_keys(n / "train/part_2.parquet", lambda k: _set(k, 0, "t0_0"), "key"),
-    }[name]
-
-
-NEIGHBORS_DAMAGE = {"unfinished": r"manifest|not finished|unfinished", "part-gone": r"holds 2 per-training-part tables, its manifest counts 3",
-                    "corrupt-part": r"part_0.parquet.*(readable|parquet)", "duplicate-keys": r"more than once.*t0_0"}
+NEIGHBORS_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
+    "unfinished": (lambda n: (n / "manifest.json").unlink(), r"manifest|not finished|unfinished"),
+    "part-gone": (lambda n: (n / "train/part_1.parquet").unlink(), r"holds 2 per-training-part tables, its manifest counts 3"),
+    "corrupt-part": (lambda n: (n / "train/part_0.parquet").write_bytes(b"garbage"), r"part_0.parquet.*(readable|parquet)"),
+    "duplicate-keys": (lambda n: _rewrite_keys(n / "train/part_2.parquet", lambda k: _set(k, 0, "t0_0"), "key"),
+                       r"more than once.*t0_0"),
+}
 NEIGHBORS_READERS = {
-    "prune-near": "prune near --neighbors {N} --out {O} --keep 5",
-    "prune-far": "prune far --neighbors {N} --out {O} --keep 5",
-    "prune-random": "prune random --neighbors {N} --out {O} --keep 5",
-    "similarity-report": "similarity report --neighbors {N} --out {O}",
+    "prune-near": "prune near --neighbors {D} --out {O} --keep 5",
+    "prune-far": "prune far --neighbors {D} --out {O} --keep 5",
+    "prune-random": "prune random --neighbors {D} --out {O} --keep 5",
+    "similarity-report": "similarity report --neighbors {D} --out {O}",
 }
 NOT_READ |= {("similarity-report", d) for d in ("duplicate-keys", "part-gone", "corrupt-part")}  # reads eval tables
 #: a NUL in a key only matters where keys are held as bytes (subset); a keep-from set just matches nothing
@@ -181,8 +177,8 @@ SUBSET_ONLY = {
     "gzip-tar": (lambda p: (p / "00001.tar").write_bytes(b"\x1f\x8b\x08" + b"\x00" * 600), r"00001.tar.*(compress|gzip)"),
 }
 SHARD_READERS = {
-    "embed": "embed --data {P} --out {O} --workers 0",
-    "subset": "subset --keys {root}/keys.parquet --data {P} --out {O} --workers 0",
+    "embed": "embed --data {D} --out {O} --workers 0",
+    "subset": "subset --keys {root}/keys.parquet --data {D} --out {O} --workers 0",
 }
 
 KEYLIST_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -193,9 +189,9 @@ KEYLIST_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
                    r"keys.parquet.*(NUL|\\x00|\\\\x00)"),
 }
 KEYLIST_READERS = {
-    "subset": "subset --keys {K} --data {root}/pool --out {O} --workers 0",
-    "prune-near-keep-from": "prune near --neighbors {root}/nb --out {O} --keep 1 --keep-from {K}",
-    "dedup-keep-from": "dedup --store {root}/train --out {O} --eps 0.1 --keep-from {K}",
+    "subset": "subset --keys {D} --data {root}/pool --out {O} --workers 0",
+    "prune-near-keep-from": "prune near --neighbors {root}/nb --out {O} --keep 1 --keep-from {D}",
+    "dedup-keep-from": "dedup --store {root}/train --out {O} --eps 0.1 --keep-from {D}",
 }
 
 ARGUMENTS: dict[str, tuple[str, str]] = {
@@ -237,31 +233,34 @@ class Case:
     damage: Callable[[Path], None] | None = None  # applied to the copy of the sound inputs
 
 
+def _on_copy(src: str, dst: str, damage: Callable[[Path], None]) -> Callable[[Path], None]:
+    """Copy the sound input ``root/src`` (a folder or a file) to ``root/dst`` and damage the copy."""
+    def apply(root: Path) -> None:
+        (root / dst).parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (root / src).is_dir() else shutil.copy)(root / src, root / dst)
+        damage(root / dst)
+    return apply
+
+
 def _cases() -> list[Case]:
+    # (family, damage table, its readers: argv or (argv, exit code), the sound input, its damaged copy)
+    families = [
+        ("store", STORE_DAMAGE, STORE_READERS, "train", "bad"),
+        ("neighbors", NEIGHBORS_DAMAGE, NEIGHBORS_READERS, "nb", "badnb"),
+        ("shards", SHARD_DAMAGE, SHARD_READERS, "pool", "badpool"),
+        ("shards", SUBSET_ONLY, {"subset": SHARD_READERS["subset"]}, "pool", "badpool"),
+        ("keys", KEYLIST_DAMAGE, KEYLIST_READERS, "keys.parquet", "badkeys/keys.parquet"),
+    ]
     out: list[Case] = []
-    for d, (damage, says) in STORE_DAMAGE.items():
-        for r, (argv, code) in STORE_READERS.items():
-            if (r, d) not in NOT_READ:
+    for family, damages, readers, src, dst in families:
+        for d, (damage, says) in damages.items():
+            for r, reader in readers.items():
+                if (r, d) in NOT_READ:
+                    continue
+                argv, code = reader if isinstance(reader, tuple) else (reader, 2)
                 says_here = VALIDATE_SAYS.get(d, says) if r == "store-validate" else says
-                out.append(Case(f"store:{d}:{r}", argv.replace("{S}", "{root}/bad"), code, says_here,
-                                lambda root, damage=damage: (shutil.copytree(root / "train", root / "bad"), damage(root / "bad"))))
-    for d, says in NEIGHBORS_DAMAGE.items():
-        for r, argv in NEIGHBORS_READERS.items():
-            if (r, d) not in NOT_READ:
-                out.append(Case(f"neighbors:{d}:{r}", argv.replace("{N}", "{root}/badnb"), 2, says,
-                                lambda root, d=d: (shutil.copytree(root / "nb", root / "badnb"), _neighbors_damage(d)(root / "badnb"))))
-    for d, (damage, says) in [*SHARD_DAMAGE.items(), *SUBSET_ONLY.items()]:
-        for r, argv in SHARD_READERS.items() if d in SHARD_DAMAGE else [("subset", SHARD_READERS["subset"])]:
-            out.append(Case(f"shards:{d}:{r}", argv.replace("{P}", "{root}/badpool"), 2, says,
-                            lambda root, damage=damage: (shutil.copytree(root / "pool", root / "badpool"), damage(root / "badpool"))))
-    for d, (damage, says) in KEYLIST_DAMAGE.items():
-        for r, argv in KEYLIST_READERS.items():
-            if (r, d) in NOT_READ:
-                continue
-            out.append(Case(f"keys:{d}:{r}", argv.replace("{K}", "{root}/badkeys/keys.parquet"), 2, says,
-                            lambda root, damage=damage: ((root / "badkeys").mkdir(),
-                                                         shutil.copy(root / "keys.parquet", root / "badkeys/keys.parquet"),
-                                                         damage(root / "badkeys/keys.parquet"))))
+                out.append(Case(f"{family}:{d}:{r}", argv.replace("{D}", f"{{root}}/{dst}"), code, says_here,
+                                _on_copy(src, dst, damage)))
     for name, (argv, says) in ARGUMENTS.items():
         out.append(Case(f"args:{name}", argv, 2, says))
     return out

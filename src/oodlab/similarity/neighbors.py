@@ -193,8 +193,9 @@ def neighbors(
         ref_store = EmbeddingStore(ref_path, key_column)
         stores[f"reference {ref_name}"] = ref_store
     _check_compatible(stores)
-    if k > train.count:
-        log.info("neighbors: k=%d is more than the %d training rows: %d neighbours per eval sample", k, train.count, train.count)
+    k_used = min(k, train.count)  # more neighbours than training rows would only allocate -inf slots
+    if k_used < k:
+        log.info("neighbors: k=%d is more than the %d training rows: %d neighbours per eval sample", k, train.count, k_used)
     run = RunFolder(out, "neighbors",
                     inputs={"train_store": fingerprint(train.path),
                             "eval_stores": {n: fingerprint(stores[f"eval {n}"].path) for n in eval_stores},
@@ -211,7 +212,7 @@ def neighbors(
 
     with Timer() as timer:
         _resolve_thresholds(folder, eval_sets, threshold_files, ref_name, ref_store, chunk_rows, screen, device)
-        engine = StreamingNeighbors(eval_sets, min(k, train.count), screen=screen, device=device)
+        engine = StreamingNeighbors(eval_sets, k_used, screen=screen, device=device)
         start = _load_resume_state(folder, train, engine)
 
         def part_done(pi: int, results: list) -> None:
@@ -229,7 +230,7 @@ def neighbors(
     shutil.rmtree(folder.state_dir, ignore_errors=True)
     manifest = run.finish(
         model=train.model,
-        counts={"train_rows": train.count, "train_parts": n_parts, "k": min(k, train.count), **counts},
+        counts={"train_rows": train.count, "train_parts": n_parts, "k": k_used, **counts},
         outputs={"eval": f"{EVAL_DIR}/{{name}}.parquet", "train": f"{TRAIN_DIR}/part_{{suffix}}.parquet",
                  "thresholds": f"{THRESHOLDS_DIR}/{{name}}.parquet"},
     )

@@ -208,7 +208,8 @@ def _run(store: EmbeddingStore, out: Path, work: Path, *, eps: float, clusters: 
                 if hi <= lo:
                     continue
                 rows = rec["row"][lo:hi]
-                result = dedup_ordered(store.take(rows), eps, rule=rule, block_rows=block_rows)
+                # check_unit=False: the assignment pass (iter_chunks) checked every row
+                result = dedup_ordered(store.take(rows, check_unit=False), eps, rule=rule, block_rows=block_rows)
                 kept[rows] = result.kept
                 score[rows] = result.score
                 cause[rows] = np.where(result.cause >= 0, rows[np.maximum(result.cause, 0)], -1)

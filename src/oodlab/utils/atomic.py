@@ -66,6 +66,15 @@ class CommitOnExit:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
+def existing_ancestor(path: str | Path) -> Path | None:
+    """``path`` itself if it exists, else its nearest existing parent (None: none exists)."""
+    path = Path(path)
+    for probe in (path, *path.parents):
+        if probe.exists():
+            return probe
+    return None
+
+
 def raise_output_error(path: str | Path | None, err: OSError) -> None:
     """Re-raise a failed write as :class:`~oodlab.utils.errors.OutputError` naming the file, the
     cause and the free space left, when it is a full disk or a read-only/forbidden output (numpy's
@@ -77,12 +86,8 @@ def raise_output_error(path: str | Path | None, err: OSError) -> None:
     if err.errno not in _WRITE_ERRNOS and not short:
         raise err
     where = Path(err.filename) if err.filename else Path(path) if path is not None else None
-    free = ""
-    probe = where
-    while probe is not None and not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if probe is not None and probe.exists():
-        free = f"; {shutil.disk_usage(probe).free:,} bytes free on its file system"
+    probe = None if where is None else existing_ancestor(where)
+    free = f"; {shutil.disk_usage(probe).free:,} bytes free on its file system" if probe is not None else ""
     cause = err.strerror or str(err)
     if short or err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         raise OutputError(path if path is not None else where, f"could not be written: {cause} (the disk or quota is full, "

@@ -29,7 +29,7 @@ import socket
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from oodlab.utils.atomic import TMP_MARK, as_json, raise_output_error, read_json, remove_stale_temporaries, write_json
+from oodlab.utils.atomic import TMP_MARK, as_json, existing_ancestor, raise_output_error, read_json, remove_stale_temporaries, write_json
 from oodlab.utils.errors import IncompatibleError, InputError, OutputError
 from oodlab.utils.hashing import sha256_file
 from oodlab.utils.manifest import MANIFEST_NAME, build_manifest
@@ -157,9 +157,7 @@ def check_writable(out: str | Path) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputError(out, "is a file, not a folder", "choose an output folder")
-    probe = out
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = existing_ancestor(out) or Path(".")
     if not probe.is_dir():
         raise OutputError(probe, "is a file, so the output folder cannot be created in it", "choose another --out")
     try:
