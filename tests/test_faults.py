@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from oodlab.embeddings import store as st
+from oodlab.data.shard_writer import make_key
 from tests.helpers import tree_bytes, unit_rows, write_shards
 
 REPO = Path(__file__).resolve().parents[1]
@@ -179,6 +180,9 @@ SUBSET_ONLY = {
 SHARD_READERS = {
     "embed": "embed --data {D} --out {O} --workers 0",
     "subset": "subset --keys {root}/keys.parquet --data {D} --out {O} --workers 0",
+    # the refusal is raised in a worker process and must arrive as the same message
+    "embed-in-a-worker": "embed --data {D} --out {O} --workers 2",
+    "subset-in-a-worker": "subset --keys {root}/keys.parquet --data {D} --out {O} --workers 2",
 }
 
 KEYLIST_DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
@@ -210,6 +214,20 @@ ARGUMENTS: dict[str, tuple[str, str]] = {
     "embed-batch-size-0": ("embed --data {root}/pool --out {O} --batch-size 0", r"batch_size=0 is below its least value 1"),
     "embed-batch-size-negative": ("embed --data {root}/pool --out {O} --batch-size -3", r"batch_size=-3 is below its least value 1"),
     "embed-workers-negative": ("embed --data {root}/pool --out {O} --workers -1", r"workers=-1 is below its least value 0"),
+    "embed-precision-fp8": ("embed --data {root}/pool --out {O} --precision fp8", r"unknown precision 'fp8'"),
+    "evaluate-precision-fp8": ("evaluate --checkpoint {root}/nb --eval-data imagenet-val={root}/pool --out {O} --precision fp8",
+                               r"unknown precision 'fp8'"),
+    "train-precision-fp8": ("train-commands --train-data {root}/pool --out {O} --precision fp8", r"unknown precision 'fp8'"),
+    "embed-device-cuda": ("embed --data {root}/pool --out {O} --device cuda", r"device 'cuda' requested but this torch"),
+    "evaluate-device-cuda": ("evaluate --checkpoint {root}/nb --eval-data imagenet-val={root}/pool --out {O} --device cuda:0",
+                             r"device 'cuda:0' requested but this torch"),
+    "train-device-cuda": ("train --train-data {root}/pool --out {O} --device cuda", r"device 'cuda' requested but this torch"),
+    "neighbors-device-cuda": ("neighbors --train-store {root}/train --eval-store ev={root}/ev --out {O} --device cuda",
+                              r"device 'cuda' requested but this torch"),
+    "neighbors-device-nonsense": ("neighbors --train-store {root}/train --eval-store ev={root}/ev --out {O} --device gpu0",
+                                  r"unknown device 'gpu0'"),
+    "train-commands-device-nonsense": ("train-commands --train-data {root}/pool --out {O} --device tpu",
+                                       r"unknown device 'tpu'"),
     "out-is-the-train-store": ("neighbors --train-store {root}/train --eval-store ev={root}/ev --out {root}/train --overwrite",
                                r"is, contains or lies inside the input"),
     "out-inside-the-pool": ("subset --keys {root}/keys.parquet --data {root}/pool --out {root}/pool/sub --overwrite",
@@ -287,6 +305,11 @@ def run_cli(argv: list[str], capfd) -> tuple[int, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_refused_with_a_message_and_nothing_is_lost(case, sound, tmp_path, capfd, monkeypatch):
+    if "--device cuda" in case.argv:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("the case is a CPU-only build asked for a GPU")
     monkeypatch.setenv("OODLAB_QUIET", "1")
     monkeypatch.setenv("COLUMNS", "400")  # one message per line: the patterns below do not cross wrapping
     root = tmp_path / "in"
@@ -385,12 +408,18 @@ KILL_STAGES = {
               ["run.json", "centroids.npy", "kept.parquet"]),
     "prune": ("from oodlab.subsets.prune import prune_near as f; f('{root}/bignb', '{out}', keep=100)",
               ["run.json", "kept.parquet"]),
+    "subset": ("from oodlab.subsets.reshard import subset as f; "
+               "f('{root}/bigkeys.parquet', ['{root}/bigpool'], '{out}', per_shard=30, workers=0)",
+               ["run.json", "00000.tar", "00003.tar", "written.parquet"]),
+    "embed": ("from oodlab.embeddings.embed import embed as f; f(['{root}/bigpool'], '{out}', workers=0, batch_size=16)",
+              ["run.json", "img_emb/img_emb_0.npy", "img_emb/img_emb_3.npy", "oodlab.json"]),
 }
 
 
 @pytest.fixture(scope="module")
 def big(sound, tmp_path_factory) -> Path:
-    """The sound inputs plus a larger train store (6 parts x 400 rows) and its neighbours."""
+    """The sound inputs plus a larger train store (6 parts x 400 rows) and its neighbours, and a
+    larger pool (6 shards x 60 samples) with a key list of half its samples."""
     from oodlab.similarity.neighbors import neighbors
 
     root = tmp_path_factory.mktemp("big")
@@ -398,6 +427,8 @@ def big(sound, tmp_path_factory) -> Path:
         (shutil.copytree if (sound / name).is_dir() else shutil.copy)(sound / name, root / name)
     _store(root / "big", [400] * 6, "b", 3)
     neighbors(root / "big", {"ev": root / "ev"}, root / "bignb", k=3)
+    write_shards(root / "bigpool", 6, 60)
+    pq.write_table(pa.table({"key": [make_key(s, i) for s in range(6) for i in range(0, 60, 2)]}), root / "bigkeys.parquet")
     return root
 
 
@@ -420,7 +451,8 @@ def test_kill_9_at_every_phase_resumes_to_the_bytes_of_a_clean_run(stage, big, t
         proc.wait()
         again = _popen(call.format(root=big, out=out), tmp_path)
         assert again.wait(timeout=300) == 0, again.stderr.read().decode()
-        got = tree_bytes(out)
+        # a file that names its own folder (openclip.json's --train-data) names the clean run's there
+        got = {k: v.replace(str(out).encode(), str(clean).encode()) for k, v in tree_bytes(out).items()}
         assert got.keys() == expected.keys(), (marker, sorted(set(got) ^ set(expected)))
         differ = {k for k in got if got[k] != expected[k] and k not in ("run.json", "manifest.json")}
         assert not differ, (marker, sorted(differ))
@@ -527,16 +559,17 @@ def _complete(path: Path) -> None:
 
 
 @needs_mount
-@pytest.mark.parametrize("stage", ["neighbors", "embed", "dedup"])
-def test_a_full_disk_is_a_message_naming_the_file_and_a_rerun_resumes(stage, big, tmp_path):
-    """A 24 KiB file system fills mid-run: exit 2 naming the file and the cause; every file under
+@pytest.mark.parametrize("stage, size", [("neighbors", "24k"), ("embed", "24k"), ("dedup", "24k"), ("dedup", "96k")])
+def test_a_full_disk_is_a_message_naming_the_file_and_a_rerun_resumes(stage, size, big, tmp_path):
+    """A small file system fills mid-run: exit 2 naming the file and the cause; every file under
     a final name is complete; the same command, once there is room, finishes with the files of a
-    clean run."""
+    clean run. (96 KiB: dedup's work arrays fill it, which killed the run with SIGBUS when they
+    were sparse memmaps.)"""
     full, keep = tmp_path / "full", tmp_path / "keep"
     full.mkdir()
     argv = WRITERS[stage].format(root=big, out=full / "out")
     py = f"{sys.executable} -m oodlab {argv}"
-    script = (f"mount -t tmpfs -o size=24k tmpfs {full} && {{ {py} 2> {tmp_path}/first.err; echo $? > {tmp_path}/first.rc; "
+    script = (f"mount -t tmpfs -o size={size} tmpfs {full} && {{ {py} 2> {tmp_path}/first.err; echo $? > {tmp_path}/first.rc; "
               f"mkdir -p {keep}/failed {keep}/rerun && cp -a {full}/. {keep}/failed/ && "
               f"mount -o remount,size=64m {full} && {py} 2> {tmp_path}/second.err; echo $? > {tmp_path}/second.rc; "
               f"cp -a {full}/. {keep}/rerun/; }}")

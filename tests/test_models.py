@@ -72,9 +72,15 @@ def test_untrusted_pickle_is_never_executed(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"state_dict": Evil()}, f)
-    with pytest.raises(InputError, match="cannot be read as weights"):
+    with pytest.raises(InputError, match="pickled Python objects besides tensors") as refused:
         read_state_dict(path)
-    with pytest.raises(InputError, match="cannot be read as weights"):
+    # torch's own message goes on to advise weights_only=False: the one thing not to do here
+    assert "False" not in str(refused.value)
+    torch.save({"x": Evil()}, tmp_path / "evil-zip.pt")  # torch's own format: its refusal names the global
+    with pytest.raises(InputError, match="pickled Python objects besides tensors.*GLOBAL .*open") as refused:
+        read_state_dict(tmp_path / "evil-zip.pt")
+    assert "False" not in str(refused.value)
+    with pytest.raises(InputError, match="pickled Python objects besides tensors"):
         load_model("tiny-vit", path)
     assert not marker.exists()
 
@@ -216,6 +222,24 @@ def test_local_dir_loads_like_open_clip(tiny, tmp_path):
     _assert_same_parameters(loaded.model, reference)
     assert loaded.identity["weights"]["sha256"] == _sha256(folder / "open_clip_model.safetensors")
     assert loaded.identity["preprocess"]["mean"] == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("damage", [
+    lambda cfg: cfg["model_cfg"].pop("text_cfg"),  # open_clip: KeyError
+    lambda cfg: cfg["model_cfg"]["vision_cfg"].update(width=0),  # open_clip: ZeroDivisionError / ValueError
+    lambda cfg: cfg["model_cfg"].update(vision_cfg=[1, 2]),  # open_clip: TypeError
+    lambda cfg: cfg.pop("model_cfg"),  # open_clip: ValueError
+], ids=["no-text-cfg", "zero-width", "cfg-not-a-dict", "no-model-cfg"])
+def test_a_broken_model_folder_config_is_a_message(tiny, tmp_path, damage):
+    import json
+
+    folder = _model_folder(tmp_path / "broken", "tiny-vit")
+    cfg = json.loads((folder / "open_clip_config.json").read_text())
+    damage(cfg)
+    (folder / "open_clip_config.json").write_text(json.dumps(cfg))
+    torch.save(tiny.model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    with pytest.raises(InputError, match=r"broken: is not an open_clip model folder \(\w+"):
+        load_model("tiny-vit", folder)
 
 
 def test_local_dir_mismatch_is_a_clear_error(tiny, tmp_path):

@@ -203,11 +203,13 @@ def embed(
         the sidecar dict (``oodlab.json``).
     """
     from oodlab.models import load_model
+    from oodlab.models.loading import check_compute
 
     # before anything is loaded or written: batch_size 0 would make a whole part one batch
     for name, value, least in (("batch_size", batch_size, 1), ("workers", workers, 0), ("images_per_part", images_per_part, 1)):
         if value < least:
             raise InputError(None, f"{name}={value} is below its least value {least}", f"pass {name} >= {least}")
+    check_compute(device, precision)
     units = plan_units(data, images_per_part)
     if text and any(not u.has_captions for u in units):
         raise InputError(None, "text=True needs captions, but folder and file sources have none", "embed shards, or drop --text")

@@ -191,7 +191,9 @@ def evaluate(
         match ``model`` (never loaded with strict=False) or ``out`` holding another evaluation.
     """
     from oodlab.models import load_model
+    from oodlab.models.loading import check_compute
 
+    check_compute(device, precision)
     out = Path(out)
     specs = dict(specs or {})
     if not eval_data:

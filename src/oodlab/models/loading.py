@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import pickle
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 #: precision name -> torch dtype name (weights and inputs are cast; ``fp32`` is the reference)
 PRECISIONS: dict[str, str] = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+_DEVICE = re.compile(r"cpu|cuda(:[0-9]+)?")
 
 _STRIP_PREFIXES = ("module.", "_orig_mod.")
 
@@ -81,6 +85,36 @@ class LoadedModel:
         return next(self.model.parameters()).dtype
 
 
+def check_compute(device: str, precision: str | None = None, *, here: bool = True) -> None:
+    """Refuse a device this torch cannot use, or an unknown precision, before a stage writes.
+
+    Args:
+        device: ``cpu``, ``cuda`` or ``cuda:i`` (i below the number of visible GPUs).
+        precision: one of :data:`PRECISIONS`, or None when the stage has no precision.
+        here: the stage computes in this process; False (command lines for another machine):
+            only the words are checked, not this machine's GPUs.
+
+    Raises:
+        InputError: naming the value and what to pass instead.
+    """
+    if precision is not None and precision not in PRECISIONS:
+        raise InputError(None, f"unknown precision {precision!r}", f"pass --precision {' / '.join(PRECISIONS)}")
+    if not _DEVICE.fullmatch(device):
+        raise InputError(None, f"unknown device {device!r}", "pass --device cpu, cuda or cuda:i")
+    if device == "cpu" or not here:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+        raise InputError(None, f"device {device!r} requested but this torch {torch.__version__} has {build}",
+                         "pass --device cpu, or run where a GPU and a CUDA build of torch are")
+    index = int(device.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise InputError(None, f"device {device!r} requested but {torch.cuda.device_count()} GPU(s) are visible",
+                         f"pass --device cuda:0 ... cuda:{torch.cuda.device_count() - 1}")
+
+
 def read_state_dict(path: str | Path) -> dict[str, Any]:
     """Read a state dict from a local weights file, never unpickling arbitrary objects.
 
@@ -114,6 +148,13 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             obj: Any = load_file(str(path), device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise InputError(
+            path,
+            f"holds pickled Python objects besides tensors, which oodlab never unpickles ({_refused_global(err)})",
+            "use weights saved as a state dict of tensors (torch.save(model.state_dict(), FILE)) or as .safetensors; "
+            "a file from an unknown source that needs more than that to load should not be loaded",
+        ) from err
     except Exception as err:  # torch raises many types for bad files
         raise InputError(
             path,
@@ -131,6 +172,14 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
                 key = key[len(prefix):]
         out[key] = value
     return out
+
+
+def _refused_global(err: Exception) -> str:
+    """The line of torch's weights-only refusal that names what was refused; the rest of its
+    message advises ``weights_only=False``, which is the one thing not to do with such a file."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line or "unsupported" in line]
+    return (named or lines[-1:] or ["torch.load with weights_only=True refused it"])[0][:300]
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -271,10 +320,7 @@ def load_model(
     from oodlab.models.registry import register_tiny_configs
 
     register_tiny_configs()
-    if precision not in PRECISIONS:
-        raise InputError(None, f"unknown precision {precision!r}", f"use one of {sorted(PRECISIONS)}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, f"device {device!r} requested but CUDA is not available", "use --device cpu")
+    check_compute(device, precision)
     ckpt = None if checkpoint is None else weights_path(checkpoint)
     # a model folder's own config sets its architecture and tokenizer (context length, HF tokenizer)
     source = f"local-dir:{ckpt}" if ckpt is not None and ckpt.is_dir() else name
@@ -300,8 +346,8 @@ def _create(name: str, ckpt: Path | None) -> tuple[Any, Path | None]:
             # load_weights=False: the weights go through _load_weights like any file's
             model = open_clip.create_model(f"local-dir:{ckpt}", load_weights=False, pretrained_text=False,
                                            device="cpu")
-        except (OSError, ValueError) as err:
-            raise InputError(ckpt, f"is not an open_clip model folder ({err})",
+        except Exception as err:  # a user's config fails open_clip's constructors in many ways (KeyError, TypeError, ...)
+            raise InputError(ckpt, f"is not an open_clip model folder ({type(err).__name__}: {err})",
                              "pass a folder with open_clip_config.json (holding model_cfg) and its weights") from err
         weights = _local_dir_weights(ckpt)
         _load_weights(model, weights, f"local-dir:{ckpt}")

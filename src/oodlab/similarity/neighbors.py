@@ -21,7 +21,7 @@ import numpy as np
 
 from oodlab.embeddings.store import EmbeddingStore
 from oodlab.embeddings.validate import require_unique_keys
-from oodlab.models.loading import same_model
+from oodlab.models.loading import check_compute, same_model
 from oodlab.similarity.engine import EvalSet, StreamingNeighbors, stream_store
 from oodlab.similarity.layout import (
     ARGMAX,
@@ -176,6 +176,7 @@ def neighbors(
                          "pass one --reference-store NAME=STORE (run again for another reference)")
     if not eval_stores:
         raise InputError(None, "no eval sets given", "pass --eval-store NAME=STORE at least once")
+    check_compute(device)
     check_names([*eval_stores, *reference_stores], "eval set or reference")
     unknown = set(threshold_files) - set(eval_stores)
     if unknown:

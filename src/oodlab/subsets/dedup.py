@@ -40,7 +40,7 @@ from oodlab.embeddings.validate import require_unique_keys
 from oodlab.subsets import clusters as cl
 from oodlab.subsets.greedy import RULES, dedup_ordered
 from oodlab.subsets.keylists import KEY_COLUMN, KeyListWriter, load_keep_from, membership, read_keys
-from oodlab.utils.atomic import save_npy, temp_path_for
+from oodlab.utils.atomic import allocated_memmap, save_npy, temp_path_for
 from oodlab.utils.errors import InputError
 from oodlab.utils.progress import Timer, progress, summary
 from oodlab.utils.runs import RunFolder, fingerprint
@@ -64,7 +64,7 @@ def _schema() -> Any:
 def _considered_mask(store: EmbeddingStore, allowed: set[str] | None, work: Path) -> np.ndarray | None:
     if allowed is None:
         return None
-    mask = np.lib.format.open_memmap(work / "considered.npy", mode="w+", dtype=bool, shape=(store.count,))
+    mask = allocated_memmap(work / "considered.npy", bool, store.count)
     start = 0
     for part in store.parts:
         for keys in store.iter_keys(part, 1 << 20):
@@ -226,7 +226,7 @@ def _run(store: EmbeddingStore, out: Path, work: Path, *, eps: float, clusters: 
 
 
 def _memmap(path: Path, dtype: Any, n: int, fill: Any) -> np.ndarray:
-    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n,))
+    arr = allocated_memmap(path, dtype, n)
     arr[:] = fill
     return arr
 

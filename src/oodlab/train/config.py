@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from oodlab.models.loading import check_compute
 from oodlab.utils.errors import InputError
 
 #: oodlab's precision words (as for inference: ``fp32``, ``bf16``, ``fp16``) -> open_clip_train's
@@ -247,18 +248,16 @@ def build_config(
         (cfg.wd >= 0, "wd must be >= 0"),
         (cfg.workers >= 1, "workers must be >= 1 (open_clip's webdataset loader needs a worker)"),
         (cfg.num_samples >= 1, "the data holds no samples"),
-        (cfg.precision in PRECISIONS, f"precision {cfg.precision!r} is not one of {', '.join(PRECISIONS)} "
-                                      "(the half precisions train with open_clip's mixed precision)"),
         (cfg.lr_scheduler in LR_SCHEDULERS,
          f"lr_scheduler {cfg.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}"),
         (cfg.epochs_cooldown is None or 1 <= cfg.epochs_cooldown <= cfg.epochs,
          "epochs_cooldown must be between 1 and epochs"),
         (cfg.lr_cooldown_end >= 0, "lr_cooldown_end must be >= 0"),
-        (cfg.device == "cpu" or cfg.device.startswith("cuda"), f"device {cfg.device!r} is not cpu or cuda[:i]"),
     ]
     for ok, problem in checks:
         if not ok:
             raise InputError(None, problem, "fix the argument")
+    check_compute(cfg.device, cfg.precision, here=False)  # train-commands writes lines for GPU machines
     return cfg
 
 

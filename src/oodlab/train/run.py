@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from oodlab.models.checkpoints import complete_checkpoint, epoch_checkpoints
+from oodlab.models.loading import check_compute
 from oodlab.train.config import TrainConfig
 from oodlab.train.launch import single_command, train_config
 from oodlab.utils.atomic import write_json
@@ -167,6 +168,7 @@ def train(
         TrainingFailed: the trainer exited with an error (the run can be resumed).
     """
     out = Path(out).absolute()
+    check_compute(device)
     cfg, shards = train_config(train_data, model=model, batch_size=batch_size, epochs=epochs, lr=lr, warmup=warmup,
                                wd=wd, precision=precision, lr_scheduler=lr_scheduler,
                                epochs_cooldown=epochs_cooldown, lr_cooldown_end=lr_cooldown_end, seed=seed,

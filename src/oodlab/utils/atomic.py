@@ -97,6 +97,27 @@ def raise_output_error(path: str | Path | None, err: OSError) -> None:
     raise OutputError(where, f"cannot be written: {cause}", "choose a writable --out (or fix its permissions)") from err
 
 
+def allocated_memmap(path: str | Path, dtype: Any, n: int) -> np.ndarray:
+    """A new writable ``.npy`` memmap of ``n`` items whose blocks are allocated on disk now.
+
+    A plain ``open_memmap`` file is sparse: on a full disk the first write to a page kills the
+    process with SIGBUS, long after the file was made. Allocating it first turns that into an
+    :class:`~oodlab.utils.errors.OutputError` naming the file, before any work is done.
+
+    Returns:
+        the memmap, shape [n], uninitialised.
+    """
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n,))
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            if err.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system without fallocate
+                del arr
+                raise_output_error(path, err)
+    return arr
+
+
 class PendingPath(CommitOnExit):
     """A file being written under a temporary name until :meth:`commit`.
 

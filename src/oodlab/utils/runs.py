@@ -29,7 +29,8 @@ import socket
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from oodlab.utils.atomic import TMP_MARK, as_json, existing_ancestor, raise_output_error, read_json, remove_stale_temporaries, write_json
+from oodlab.utils.atomic import (TMP_MARK, as_json, existing_ancestor, raise_output_error, read_json,
+                                 remove_stale_temporaries, temp_path_for, write_json)
 from oodlab.utils.errors import IncompatibleError, InputError, OutputError
 from oodlab.utils.hashing import sha256_file
 from oodlab.utils.manifest import MANIFEST_NAME, build_manifest
@@ -160,10 +161,12 @@ def check_writable(out: str | Path) -> None:
     probe = existing_ancestor(out) or Path(".")
     if not probe.is_dir():
         raise OutputError(probe, "is a file, so the output folder cannot be created in it", "choose another --out")
+    test = temp_path_for(probe / "probe")  # unique: runs side by side probe the same parent
     try:
-        with open(probe / f".{TMP_MARK}probe-{os.getpid()}", "wb"):
+        with open(test, "wb"):
             pass
-        (probe / f".{TMP_MARK}probe-{os.getpid()}").unlink()
+        # missing_ok: a run cleaning its own folder's temporaries may have taken it already
+        test.unlink(missing_ok=True)
     except OSError as err:
         raise OutputError(probe, f"cannot be written ({err.strerror or err})",
                           "choose a writable --out (or fix its permissions)") from err
