@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -79,7 +80,7 @@ def pd_concat(frames):
     return pd.concat(frames, ignore_index=True)
 
 
-@pytest.mark.parametrize("screen,chunk_rows", [("bf16", 64), ("bf16", 4096), ("fp32", 100)])
+@pytest.mark.parametrize("screen,chunk_rows", [("bf16", 64), ("bf16", 4096), ("fp32", 100), ("auto", 64)])
 def test_outputs_equal_brute_force(neighbor_stores, screen, chunk_rows):
     root, train_keys = neighbor_stores
     out = root / f"out-{screen}-{chunk_rows}"
@@ -139,7 +140,7 @@ def test_float32_stores_and_threshold_files(tmp_path):
     assert train_table["margin_argmax__e"].tolist() == [f"e0_{j}" for j in M.argmax(0)]
 
 
-@pytest.mark.parametrize("screen,backend", [("bf16", "numba"), ("bf16", "torch"), ("fp32", "torch")])
+@pytest.mark.parametrize("screen,backend", [("bf16", "numba"), ("bf16", "torch"), ("fp32", "numba"), ("fp32", "torch")])
 def test_engine_backends_with_many_sets_and_tiny_chunks_match_numpy(screen, backend):
     rng = np.random.default_rng(3)
     T = unit_rows(rng, 500, 32).astype(np.float16)
@@ -216,3 +217,44 @@ def test_resume_refuses_changed_parameters(neighbor_stores):
     neighbors(root / "train", {"b": root / "b"}, root / "out", k=3)
     with pytest.raises(IncompatibleError, match="other inputs or parameters"):
         neighbors(root / "train", {"b": root / "b"}, root / "out", k=4)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="ONEDNN_MAX_CPU_ISA caps x86 only")
+def test_auto_screen_picks_float32_where_the_bf16_gemm_is_emulated():
+    # capping oneDNN at AVX2 makes its bf16 GEMM an emulation (as on CPUs without native bf16):
+    # fp32 BLAS is then several times faster, and auto must notice it by timing
+    code = ("import torch; from oodlab.similarity.screens import make_screen; "
+            "a = torch.nn.functional.normalize(torch.randn(2000, 512), dim=1); "
+            "print(make_screen('auto', a, 1024).name)")
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "fp32"
+
+
+def test_unknown_screen_is_refused_before_anything_is_written(neighbor_stores):
+    root, _ = neighbor_stores
+    with pytest.raises(InputError, match="unknown screen 'int8'.*--screen as one of auto, bf16, fp32"):
+        neighbors(root / "train", {"b": root / "b"}, root / "out-int8", k=3, screen="int8")
+    assert not (root / "out-int8").exists()
+
+
+def test_the_screen_is_a_setting_a_resumed_run_may_change(neighbor_stores):
+    root, _ = neighbor_stores
+    first = neighbors(root / "train", {"b": root / "b"}, root / "out-screens", k=3, screen="fp32")
+    again = neighbors(root / "train", {"b": root / "b"}, root / "out-screens", k=3, screen="bf16")
+    assert again == first
+
+
+def test_the_first_compile_of_the_kernels_is_announced_once(tmp_path, monkeypatch, capsys):
+    from oodlab.similarity import kernels
+
+    monkeypatch.setattr(kernels.row_maxima._cache, "_cache_path", str(tmp_path))
+    monkeypatch.delenv("OODLAB_QUIET", raising=False)
+    monkeypatch.setattr(kernels, "_announced", False)
+    kernels.note_first_compile()
+    kernels.note_first_compile()
+    assert capsys.readouterr().err.count("compiling the similarity kernels") == 1
+    (tmp_path / "kernels.row_maxima-118.py311.nbi").write_bytes(b"")
+    monkeypatch.setattr(kernels, "_announced", False)
+    kernels.note_first_compile()
+    assert "compiling" not in capsys.readouterr().err

@@ -45,7 +45,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "model": ("--model", "an open_clip architecture or an oodlab tiny config"),
     "device": ("--device", "cpu or cuda[:i]"),
     "precision": ("--precision", "numeric precision of the model: fp32, bf16 or fp16"),
-    "screen": ("--screen", "precision of the exact pass's candidate screen: bf16 (fast) or fp32; results are exact either way"),
+    "screen": ("--screen", "precision of the exact pass's candidate screen: auto (the faster on this machine, timed once), bf16 or fp32; results are exact with any"),
     "batch_size": ("--batch-size", "samples per forward pass (inference) or per optimiser step (training)"),
     "chunk_rows": ("--chunk-rows", "rows read at a time: bounds memory"),
     "seed": ("--seed", "the seed of every random choice of the stage"),

@@ -56,19 +56,29 @@ def row_errors(x: torch.Tensor, rounded: torch.Tensor) -> RowErrors:
                      (x - r32).norm(dim=1).double() * cushion)
 
 
-def score_bound(eval_side: RowErrors, train_side: RowErrors, dim: int, out_dtype: torch.dtype) -> float:
-    """The bound ``delta`` of module docstring for all pairs of the given rows."""
+def _rounding(max_value: float, dtype: torch.dtype) -> float:
+    """Half an ulp of ``dtype`` at magnitudes up to ``max_value``: the error of one rounding."""
+    if dtype == torch.bfloat16:
+        return 2.0**-9 if max_value < 1 else 2.0**-8 if max_value < 2 else max_value * 2.0**-8
+    if dtype == torch.float16:
+        return 2.0**-11 if max_value < 1 else 2.0**-10 if max_value < 2 else max_value * 2.0**-10
+    if dtype == torch.float32:
+        return max_value * U32
+    raise ValueError(f"no rounding bound for {dtype}")
+
+
+def score_bound(eval_side: RowErrors, train_side: RowErrors, dim: int, out_dtype: torch.dtype,
+                then: torch.dtype | None = None) -> float:
+    """The bound ``delta`` of module docstring for all pairs of the given rows; ``then``: the
+    result is rounded a second time to this dtype (a float32 GEMM whose tile is stored as bf16)."""
     a_norm, a_round, e_a = eval_side.max()
     b_norm, b_round, e_b = train_side.max()
     gamma = dim * U32 / (1 - dim * U32)
     bound = e_a * b_round + a_norm * e_b + gamma * a_round * b_round
     max_value = a_round * b_round * (1 + gamma) + bound
-    if out_dtype == torch.bfloat16:
-        bound += 2.0**-9 if max_value < 1 else 2.0**-8 if max_value < 2 else max_value * 2.0**-8
-    elif out_dtype == torch.float16:
-        bound += 2.0**-11 if max_value < 1 else 2.0**-10 if max_value < 2 else max_value * 2.0**-10
-    elif out_dtype == torch.float32:
-        bound += max_value * U32
+    bound += _rounding(max_value, out_dtype)
+    if then is not None:
+        bound += _rounding(max_value + bound, then)
     # float64 roundoff of the bound itself is irrelevant at this size; a relative cushion
     # covers the float64 arithmetic of the terms above
     return bound * (1 + 1e-9) + 1e-12

@@ -33,7 +33,7 @@ from oodlab.embeddings.store import NORM_TOLERANCE, EmbeddingStore
 from oodlab.utils.errors import InputError
 from oodlab.utils.progress import progress
 from oodlab.similarity.exact import pair_scores
-from oodlab.similarity.screens import SCREENS, Encoded
+from oodlab.similarity.screens import Encoded, make_screen
 
 #: rows per group of the torch backend's candidate search (maxima over GROUP training rows per
 #: eval column; only groups that can hold a candidate are read again)
@@ -151,16 +151,14 @@ class StreamingNeighbors:
         evals: the eval sets (their embeddings stay resident on ``device``).
         k: neighbours per eval row (0: no top-k, only per-training-row outputs).
         per_train: compute per-training-row maxima and margins.
-        screen: the candidate screen (:mod:`oodlab.similarity.screens`): ``bf16`` (fast, re-checked
-            exactly) or ``fp32``.
+        screen: the candidate screen (:mod:`oodlab.similarity.screens`): ``auto`` (the faster on
+            this machine), ``bf16`` or ``fp32``; results are exact with any.
         device: torch device for the tiles.
         backend: ``numba`` (CPU, bf16) or ``torch``; default: numba where it applies.
     """
 
-    def __init__(self, evals: Sequence[EvalSet], k: int, *, per_train: bool = True, screen: str = "bf16",
+    def __init__(self, evals: Sequence[EvalSet], k: int, *, per_train: bool = True, screen: str = "auto",
                  device: str = "cpu", backend: str | None = None):
-        if screen not in SCREENS:
-            raise ValueError(f"screen must be one of {sorted(SCREENS)}")
         self.k, self.per_train, self.device = k, per_train, torch.device(device)
         dims = {e.embeddings.shape[1] for e in evals}
         if len(dims) != 1:
@@ -178,11 +176,11 @@ class StreamingNeighbors:
         self.a32 = torch.from_numpy(np.concatenate([np.asarray(e.embeddings, np.float32) for e in evals])).to(self.device)
         self.topk = TopK(col, k)
         self.tile_rows = int(np.clip(TILE_ELEMENTS // max(col, 1) // GROUP * GROUP, GROUP, 8192))
-        self.screen = SCREENS[screen](self.a32, self.tile_rows)
-        fused_ok = self.device.type == "cpu" and screen == "bf16"
+        self.screen = make_screen(screen, self.a32, self.tile_rows)
+        fused_ok = self.device.type == "cpu" and self.screen.tile_dtype == torch.bfloat16
         backend = backend or ("numba" if fused_ok else "torch")
         if backend not in TILE_BACKENDS or (backend == "numba" and not fused_ok):
-            raise ValueError(f"backend {backend!r} needs a CPU and bf16; use 'torch'")
+            raise ValueError(f"backend {backend!r} needs a CPU (bf16 tiles); use 'torch'")
         self.backend = backend
         # the numba backend's view of the sets: column bounds and thresholds (0 where none)
         self._bounds = np.array([lay.col0 for lay in self.layouts] + [col], np.int64)

@@ -236,6 +236,25 @@ def merge_topk(rows, scores, cols, starts, hit_rows, hit_scores):  # pragma: no 
                 y += 1
 
 
+_announced = False
+
+
+def note_first_compile() -> None:
+    """Say once per process when the kernels are about to be compiled (no cached machine code
+    for this CPU and numba yet): the first call on a fresh install takes ~40 s more."""
+    global _announced
+    if _announced:
+        return
+    _announced = True
+    from pathlib import Path
+
+    from oodlab.utils.progress import summary
+
+    folder = Path(row_maxima._cache._cache_path)
+    if not any(folder.glob(f"{Path(__file__).stem}.row_maxima-*.nbi")):
+        summary(f"neighbors: compiling the similarity kernels for this CPU once (~40 s; cached in {folder})")
+
+
 def run_tile(tile: np.ndarray, n_rows: int, b: np.ndarray, a: np.ndarray, set_bounds: np.ndarray,
              has_t: np.ndarray, t: np.ndarray, t32: np.ndarray, slack: float, theta_keys: np.ndarray, kth: np.ndarray):
     """Run :func:`row_maxima` (and :func:`topk_hits` for rows whose slots overflowed) on a bf16
@@ -245,6 +264,7 @@ def run_tile(tile: np.ndarray, n_rows: int, b: np.ndarray, a: np.ndarray, set_bo
         (max [S, c], arg [S, c], margin [S, c], margin arg [S, c]) and the top-k hits as
         (columns, tile rows, exact scores).
     """
+    note_first_compile()
     n_sets = len(set_bounds) - 1
     out = (np.empty((n_sets, n_rows)), np.empty((n_sets, n_rows), np.int64),
            np.empty((n_sets, n_rows)), np.empty((n_sets, n_rows), np.int64))

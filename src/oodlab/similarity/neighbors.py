@@ -23,6 +23,7 @@ from oodlab.embeddings.store import EmbeddingStore
 from oodlab.embeddings.validate import require_unique_keys
 from oodlab.models.loading import check_compute, same_model
 from oodlab.similarity.engine import EvalSet, StreamingNeighbors, stream_store
+from oodlab.similarity.screens import SCREEN_CHOICES
 from oodlab.similarity.layout import (
     ARGMAX,
     EVAL_DIR,
@@ -139,7 +140,7 @@ def neighbors(
     threshold_files: Mapping[str, str | Path] | None = None,
     reference_stores: Mapping[str, str | Path] | None = None,
     chunk_rows: int = 65536,
-    screen: str = "bf16",
+    screen: str = "auto",
     device: str = "cpu",
     key_column: str | None = None,
     overwrite: bool = False,
@@ -157,8 +158,8 @@ def neighbors(
             sample's threshold (for the sets without a threshold file).
         chunk_rows: training rows read at a time (the engine tiles them to fit the cache);
             memory is about chunk_rows x dim x 12 bytes plus the eval sets.
-        screen: ``bf16`` (fast, re-checked exactly) or ``fp32``: how candidates are found; the
-            results are exact either way.
+        screen: ``auto`` (the faster of the two on this machine, timed once), ``bf16`` or
+            ``fp32``: how candidates are found; the results are exact with any.
         device: ``cpu`` or ``cuda``.
         key_column: metadata column with the sample keys (default: the stores' own).
         overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
@@ -177,6 +178,8 @@ def neighbors(
     if not eval_stores:
         raise InputError(None, "no eval sets given", "pass --eval-store NAME=STORE at least once")
     check_compute(device)
+    if screen not in SCREEN_CHOICES:
+        raise InputError(None, f"unknown screen {screen!r}", f"pass --screen as one of {', '.join(SCREEN_CHOICES)}")
     check_names([*eval_stores, *reference_stores], "eval set or reference")
     unknown = set(threshold_files) - set(eval_stores)
     if unknown:
@@ -202,8 +205,9 @@ def neighbors(
                             "eval_stores": {n: fingerprint(stores[f"eval {n}"].path) for n in eval_stores},
                             "threshold_files": {n: fingerprint(p) for n, p in threshold_files.items()},
                             "reference_stores": {ref_name: fingerprint(ref_store.path)} if ref_store is not None else {}},
-                    parameters={"k": k, "screen": screen, "key_column": key_column},
-                    settings={"chunk_rows": chunk_rows, "device": device},
+                    parameters={"k": k, "key_column": key_column},
+                    # the screen changes speed, never results: a resumed run may use another
+                    settings={"chunk_rows": chunk_rows, "device": device, "screen": screen},
                     reads=[s.path for s in stores.values()] + list(threshold_files.values()))
     done = run.open(overwrite)
     if done is not None:
@@ -238,7 +242,7 @@ def neighbors(
     rate = (train.count - sum(p.rows for p in train.parts[:start])) * sum(len(e.keys) for e in eval_sets)
     summary(
         f"neighbors: {train.count} train rows x {sum(len(e.keys) for e in eval_sets)} eval rows "
-        f"({', '.join(e.name for e in eval_sets)}), k={k}, {screen} screen, in {timer.seconds:.1f} s "
+        f"({', '.join(e.name for e in eval_sets)}), k={k}, {engine.screen.name} screen, in {timer.seconds:.1f} s "
         f"({rate / max(timer.seconds, 1e-9) / 1e9:.2f} G pairs/s; {start} parts resumed) -> {run.out}"
     )
     return manifest
@@ -263,7 +267,7 @@ def _resolve_thresholds(folder: NeighborsFolder, eval_sets: list[EvalSet], files
             table = pa.table({"key": e.keys.tolist(), "threshold": t, "reference_key": ref_store.keys_at(ridx).tolist()})
             write_parquet(folder.thresholds_file(e.name), table)
         write_manifest(folder.thresholds_dir, "reference-thresholds", inputs={"reference": {ref_name: str(ref_store.path)}},
-                       parameters={"screen": screen}, model=ref_store.model, counts={e.name: len(e.keys) for e in need})
+                       parameters={}, model=ref_store.model, counts={e.name: len(e.keys) for e in need})
     for e in need:
         table = pq.read_table(folder.thresholds_file(e.name))
         if table.column("key").to_pylist() != e.keys.tolist():
