@@ -236,10 +236,14 @@ def test_tiny_world_removes_its_planted_copies_as_the_brute_force_greedy_does(ti
     from oodlab.embeddings.embed import embed
 
     embed([tiny_world / "pool"], tmp_path / "store", model="tiny-vit", workers=0)
-    # A random-init tiny-vit puts pool images close together (unrelated pairs reach cosine 0.9998)
-    # and planted copies at 0.9986-0.9993 of their source: eps = 0.002 (threshold 0.998) removes
-    # every copy and many look-alikes (55 of 400 removed, among them all 3 removable copies).
-    eps = 0.002
+    # A random-init tiny-vit puts pool images close together (unrelated pairs reach cosine
+    # 0.999+) and planted copies closer still: eps is set from the world's ground truth just wide
+    # enough to join every planted group (and then also removes look-alikes)
+    E0, keys0 = _stored(tmp_path / "store"), st.EmbeddingStore(tmp_path / "store").read_all()[1]
+    gt = pd.read_parquet(tiny_world / "ground_truth.parquet")
+    g = gt[gt["dataset"] == "pool"].set_index("key")["duplicate_group"].reindex(keys0).to_numpy()
+    lowest = min(float((E0[g == v] @ E0[g == v].T).min()) for v in pd.unique(g[~pd.isna(g)]))
+    eps = 1 - lowest + 1e-5
     manifest = dedup(tmp_path / "store", tmp_path / "dd", eps=eps, clusters=4)
     E, keys = _stored(tmp_path / "store"), st.EmbeddingStore(tmp_path / "store").read_all()[1]
     centroids = np.load(tmp_path / "dd" / "centroids.npy").astype(np.float64)

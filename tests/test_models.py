@@ -22,12 +22,12 @@ def _features(loaded, x):
 def test_random_init_is_seeded_and_recorded(tiny):
     again = load_model("tiny-vit", seed=3)
     other = load_model("tiny-vit", seed=4)
-    x = torch.randn(2, 3, 64, 64)
+    x = torch.randn(2, 3, 32, 32)
     np.testing.assert_array_equal(_features(tiny, x), _features(again, x))
     assert not np.allclose(_features(tiny, x), _features(other, x))
     assert tiny.identity["weights"] == {"source": "random-init", "seed": 3}
     assert tiny.identity["architecture"] == "tiny-vit" and tiny.identity["embed_dim"] == 128
-    assert tiny.identity["preprocess"]["size"] == [64, 64]
+    assert tiny.identity["preprocess"]["size"] == [32, 32]
 
 
 @pytest.mark.parametrize("fmt", ["training", "plain", "safetensors"])
@@ -46,7 +46,7 @@ def test_checkpoint_formats_load_the_same_weights(tiny, tmp_path, fmt):
         path = tmp_path / "model.safetensors"
         save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     loaded = load_model("tiny-vit", path, seed=99)  # the seed must not matter with weights
-    x = torch.randn(3, 3, 64, 64)
+    x = torch.randn(3, 3, 32, 32)
     np.testing.assert_array_equal(_features(loaded, x), _features(tiny, x))
     assert loaded.identity["weights"]["source"] == "file" and len(loaded.identity["weights"]["sha256"]) == 64
     assert same_model(loaded.identity, load_model("tiny-vit", path).identity)
@@ -96,7 +96,7 @@ def test_bad_names_and_precisions(tmp_path):
 
 def test_bf16_weights_agree_with_fp32(tiny):
     bf = load_model("tiny-vit", seed=3, precision="bf16")
-    x = torch.randn(4, 3, 64, 64)
+    x = torch.randn(4, 3, 32, 32)
     a = _features(tiny, x)
     with torch.inference_mode():
         b = bf.model.encode_image(x.bfloat16()).float().numpy()
@@ -117,7 +117,7 @@ _OPENAI_TINY = {  # the layout build_model_from_openai_state_dict reads back (64
 @pytest.fixture(scope="module")
 def extra_configs(tmp_path_factory):
     """Architectures registered with open_clip for these tests: an OpenAI-layout tiny CLIP,
-    tiny-vit at 96 px with a 24-token context (positional embeddings to resize), and tiny-vit
+    tiny-vit at 48 px with a 24-token context (positional embeddings to resize), and tiny-vit
     with a narrower text tower (a wrong architecture)."""
     import json
 
@@ -127,12 +127,12 @@ def extra_configs(tmp_path_factory):
 
     tiny_vit = json.loads((CONFIG_DIR / "tiny-vit.json").read_text())
     bigger = json.loads(json.dumps(tiny_vit))
-    bigger["vision_cfg"]["image_size"] = 96
+    bigger["vision_cfg"]["image_size"] = 48
     bigger["text_cfg"]["context_length"] = 24
     narrow = json.loads(json.dumps(tiny_vit))
-    narrow["text_cfg"].update(width=64, heads=2)
+    narrow["text_cfg"].update(width=32, heads=1)
     folder = tmp_path_factory.mktemp("configs")
-    names = {"openai": "oodlab-test-openai-tiny", "bigger": "oodlab-test-tiny-vit-96",
+    names = {"openai": "oodlab-test-openai-tiny", "bigger": "oodlab-test-tiny-vit-48",
              "narrow": "oodlab-test-narrow-text"}
     for key, cfg in (("openai", _OPENAI_TINY), ("bigger", bigger), ("narrow", narrow)):
         (folder / f"{names[key]}.json").write_text(json.dumps(cfg))
@@ -179,14 +179,14 @@ def test_openai_state_dict_loads_like_open_clip(extra_configs, tmp_path):
 def test_positional_embeddings_are_resized_as_open_clip_resizes(tiny, extra_configs, tmp_path):
     import open_clip
 
-    path = tmp_path / "tiny-vit-64px.pt"
+    path = tmp_path / "tiny-vit-32px.pt"
     torch.save(tiny.model.state_dict(), path)  # 4x4 patch grid + class token, 16 text positions
     reference = open_clip.create_model(extra_configs["bigger"], pretrained=str(path)).eval()
     loaded = load_model(extra_configs["bigger"], path)
-    assert tuple(loaded.model.visual.positional_embedding.shape) == (6 * 6 + 1, 96)
-    assert tuple(loaded.model.positional_embedding.shape) == (24, 128)
+    assert tuple(loaded.model.visual.positional_embedding.shape) == (6 * 6 + 1, 64)
+    assert tuple(loaded.model.positional_embedding.shape) == (24, 64)
     _assert_same_parameters(loaded.model, reference)
-    x = torch.randn(2, 3, 96, 96)
+    x = torch.randn(2, 3, 48, 48)
     with torch.inference_mode():
         np.testing.assert_array_equal(_features(loaded, x), reference.encode_image(x).numpy())
 

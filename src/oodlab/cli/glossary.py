@@ -52,6 +52,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     # -- how much, how many ------------------------------------------------------------------------
     "k": ("--k", "neighbours per query"),
     "workers": ("--workers", "worker processes for the stage's data work (decoding, copying, generating); 0: in the main process"),
+    "trainer": ("--trainer", "what trains the model: auto (memory for CPU runs whose decoded images fit in 2 GiB, else open_clip), open_clip (open_clip's trainer) or memory (data decoded once, same model, loss and schedule)"),
     "threads": ("--threads", "compute threads of the trainer (default: all cores)"),
     "parallel": ("--parallel", "training runs side by side"),
     "overwrite": ("--overwrite", "delete the output folder first and start afresh (default: resume, or do nothing when complete)"),

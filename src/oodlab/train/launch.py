@@ -15,11 +15,12 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
-from oodlab.train.config import TrainConfig, build_config
+from oodlab.train.config import TRAINERS, TrainConfig, build_config
 from oodlab.train.data import TrainData, resolve_train_data
 from oodlab.utils.errors import InputError
 
-ENTRY = "oodlab.train.entry"
+#: multi-process runs (torchrun, Slurm) always go through open_clip's trainer
+ENTRY = TRAINERS["open_clip"]
 
 
 def _check_split(cfg: TrainConfig, processes: int) -> None:
@@ -38,8 +39,9 @@ def _gpu_args(cfg: TrainConfig, run: Path, processes: int) -> list[str]:
 
 
 def single_command(cfg: TrainConfig, run: Path, *, resume: bool = False) -> list[str]:
-    """The argv of the single-process run (``python -m oodlab.train.entry ...``) without the interpreter."""
-    return ["-m", ENTRY, *cfg.trainer_args(run, 1, resume=resume)]
+    """The argv of the single-process run (``python -m MODULE ...``, the module of ``cfg.trainer``)
+    without the interpreter."""
+    return ["-m", TRAINERS[cfg.trainer], *cfg.trainer_args(run, 1, resume=resume)]
 
 
 def torchrun_command(cfg: TrainConfig, run: Path, gpus_per_node: int) -> str:
@@ -73,7 +75,8 @@ def slurm_script(cfg: TrainConfig, run: Path, nodes: int, gpus_per_node: int) ->
 def train_config(train_data: str | Path | Sequence[str | Path], *, model: str, batch_size: int | None,
                  epochs: int | None, lr: float | None, warmup: int | None, wd: float | None, precision: str | None,
                  lr_scheduler: str | None, epochs_cooldown: int | None, lr_cooldown_end: float | None, seed: int,
-                 workers: int, device: str, extra_args: str) -> tuple[TrainConfig, TrainData]:
+                 workers: int, device: str, extra_args: str,
+                 trainer: str = "open_clip") -> tuple[TrainConfig, TrainData]:
     """The configuration of a run on ``train_data`` (shared by ``train`` and ``train_commands``).
 
     Raises:
@@ -83,7 +86,7 @@ def train_config(train_data: str | Path | Sequence[str | Path], *, model: str, b
     cfg = build_config(model=model, data=data.pattern, num_samples=data.count, batch_size=batch_size,
                        epochs=epochs, lr=lr, warmup=warmup, wd=wd, precision=precision, lr_scheduler=lr_scheduler,
                        epochs_cooldown=epochs_cooldown, lr_cooldown_end=lr_cooldown_end, seed=seed,
-                       workers=workers, device=device, extra_args=extra_args)
+                       workers=workers, device=device, extra_args=extra_args, trainer=trainer)
     if cfg.workers > len(data.shards):
         raise InputError(None, f"workers={cfg.workers} but the data has {len(data.shards)} shards",
                          "use at most one worker per shard (open_clip's requirement)")

@@ -1,4 +1,5 @@
-"""``oodlab train``: train CLIP with open_clip's trainer on webdataset shards, recorded and resumable.
+"""``oodlab train``: train CLIP on webdataset shards (open_clip's trainer, or the in-memory one for
+small CPU runs), recorded and resumable.
 
 Layout of a run folder ``RUN``::
 
@@ -11,8 +12,11 @@ Layout of a run folder ``RUN``::
     out.log, params.txt        open_clip's log and its full argument list
     manifest.json              written when the run is complete
 
-The trainer runs in a child process (``python -m oodlab.train.entry``), so a crash cannot take
-the caller down; its log streams into a progress bar. The run folder follows every stage's
+The trainer runs in a child process (``python -m oodlab.train.entry``, open_clip's trainer, or
+``python -m oodlab.train.memory``, which decodes the data once and trains the same open_clip model
+with the same loss, optimizer, schedule and checkpoints; ``trainer="auto"`` picks it for CPU runs
+whose decoded images fit in 2 GiB), so a crash cannot take the caller down; its log (open_clip's
+format from either) streams into a progress bar. The run folder follows every stage's
 re-run semantics (:mod:`oodlab.utils.runs`): the same command on an unfinished run resumes from
 its last complete checkpoint (weights, optimizer and schedule); on a finished run it does
 nothing; a different configuration or data is an error; ``--overwrite`` starts afresh.
@@ -21,9 +25,10 @@ nothing; a different configuration or data is an error; ``--overwrite`` starts a
 :mod:`oodlab.train.entry`) up to float rounding that depends on the thread count; a resumed run's
 sample order after the resume differs from an uninterrupted one's.
 
-On the default synthetic world, ``oodlab train --train-data WORLD/pool --out RUN``
-takes under 3 minutes on 2 cores and reaches 65-75% zero-shot top-1 on ``WORLD/eval/val``
-(the settings are in :data:`oodlab.train.config.MODEL_DEFAULTS`).
+On the default synthetic world, ``oodlab train --train-data WORLD/pool --out RUN`` takes about
+a minute of one core and reaches 71-75% zero-shot top-1 on ``WORLD/eval/val`` (the settings and
+how they were chosen are in :data:`oodlab.train.config.MODEL_DEFAULTS`; ``benchmarks/train.py``
+measures it against the configuration before issue 11).
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ def train(
     threads: int | None = None,
     device: str = "cpu",
     extra_args: str = "",
+    trainer: str = "auto",
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train ``model`` on webdataset shards with open_clip's trainer, writing the run to ``out``.
@@ -136,11 +142,11 @@ def train(
             brace patterns, globs or tar paths. Their sample count becomes ``--train-num-samples``.
         out: the run folder (``RUN/checkpoints/epoch_{n}.pt``); an unfinished run is resumed.
         model: open_clip architecture or oodlab tiny config (``tiny-vit`` with its defaults:
-            under 3 minutes on 2 cores, about 73% zero-shot top-1 on the default world's val set).
-        batch_size: global contrastive batch (None: the model's default; tiny models 128, paper
+            about a minute of one core, 71-75% zero-shot top-1 on the default world's val set).
+        batch_size: global contrastive batch (None: the model's default; tiny models 64, paper
             models 33,600).
-        epochs: passes over the data (None: the model's default; tiny models about 84,000
-            samples seen, i.e. 7 epochs of the default world's 12,000-sample pool and 28 of the
+        epochs: passes over the data (None: the model's default; tiny models about 60,000
+            samples seen, i.e. 5 epochs of the default world's 12,000-sample pool and 20 of the
             small preset's 3,000, at most 40; paper models 32).
         lr: peak learning rate (None: model default); cosine decay after linear warmup.
         warmup: warmup steps (None: model default).
@@ -158,6 +164,10 @@ def train(
             beyond float rounding.
         device: ``cpu`` or ``cuda``.
         extra_args: further open_clip_train arguments, as one shell-quoted string.
+        trainer: ``open_clip`` (open_clip's trainer), ``memory`` (data decoded once into memory,
+            same model, loss, optimizer, schedule and checkpoints: :mod:`oodlab.train.memory`)
+            or ``auto`` (``memory`` for CPU runs whose images fit in 2 GiB, else ``open_clip``);
+            recorded in ``config.json``.
         overwrite: delete ``out`` first instead of resuming.
 
     Returns:
@@ -172,7 +182,7 @@ def train(
     cfg, shards = train_config(train_data, model=model, batch_size=batch_size, epochs=epochs, lr=lr, warmup=warmup,
                                wd=wd, precision=precision, lr_scheduler=lr_scheduler,
                                epochs_cooldown=epochs_cooldown, lr_cooldown_end=lr_cooldown_end, seed=seed,
-                               workers=workers, device=device, extra_args=extra_args)
+                               workers=workers, device=device, extra_args=extra_args, trainer=trainer)
     # workers and device change neither the schedule nor (beyond float rounding) the result
     result = {k: v for k, v in cfg.to_json().items() if k not in ("workers", "device")}
     folder = RunFolder(out, "train", inputs={"train_data": shards.describe()}, parameters=result,
@@ -193,7 +203,7 @@ def train(
     if status != 0 or not _finished(out, cfg.epochs):
         last = "\n".join(tail[-15:])
         raise TrainingFailed(
-            f"{out / LOG_NAME}: open_clip's trainer exited with status {status} before epoch {cfg.epochs}. "
+            f"{out / LOG_NAME}: the {cfg.trainer} trainer exited with status {status} before epoch {cfg.epochs}. "
             f"Last lines:\n{last}\nFix: see the log; re-running the same command resumes from the last checkpoint."
         )
     checkpoints = epoch_checkpoints(out)
@@ -208,7 +218,7 @@ def train(
     rate = trained / timer.seconds if timer.seconds > 0 else 0.0
     how = (f"resumed at epoch {start_epoch}, " if start_epoch else "") + (
         f"{trained} samples in {timer.seconds:.1f} s ({rate:.0f}/s)")
-    summary(f"train: {cfg.model} on {shards.count} samples x {cfg.epochs} epochs, batch {cfg.batch_size} "
+    summary(f"train: {cfg.model} ({cfg.trainer} trainer) on {shards.count} samples x {cfg.epochs} epochs, batch {cfg.batch_size} "
             f"({cfg.samples_seen()} samples seen): {how}"
             f"{'' if loss is None else f', last loss {loss:.3f}'} -> {out} (epoch_0..{cfg.epochs})")
     return manifest
