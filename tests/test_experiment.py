@@ -1,10 +1,12 @@
 """``oodlab experiment similarity`` on the tiny world: training-set sizes checked against a numpy
-computation of similarity-aligned pruning on the stored embeddings; two runs side by side; the
-table's accuracies against open_clip's zero-shot on the runs' checkpoints; a re-run trains nothing."""
+computation of similarity-aligned pruning on the stored embeddings; two seeds per row, two runs
+side by side; every seed's accuracy against open_clip's zero-shot on its checkpoint; a re-run
+trains nothing."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +34,7 @@ def setup(tiny_world, tmp_path_factory):
     out = root / "experiment"
     manifest = experiment_similarity(tiny_world / "pool", nb, {n: tiny_world / "eval" / n for n in EVALS}, out,
                                      training_sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
-                                     per_shard=100, parallel=2)
+                                     per_shard=100, parallel=2, seeds=2)
     return root, out, manifest
 
 
@@ -53,6 +55,8 @@ def test_table_sizes_match_brute_force_pruning(setup):
     root, out, manifest = setup
     rows = {r["training_set"]: r for r in csv.DictReader((out / "table.csv").open())}
     assert list(rows) == ["full", "combined-pruned", "random"]
+    assert {(r["training_set"], r["eval_set"]) for r in csv.DictReader((out / "table.csv").open())} == {
+        (t, e) for t in rows for e in EVALS}
     n = EmbeddingStore(root / "stores" / "pool").count
     removed = _aligned_removed(root)
     assert 0 < removed < n
@@ -64,30 +68,46 @@ def test_table_sizes_match_brute_force_pruning(setup):
     assert f"| - combined-pruned | -{removed:,} |" in table
 
 
-def test_table_accuracy_equals_a_direct_open_clip_zero_shot(setup, tiny_world):
-    """Every row's top-1 on every eval set against open_clip run here on the row's checkpoint."""
+def _runs(out: Path) -> dict[tuple[str, str], dict]:
+    results = json.loads((out / "results.json").read_text())
+    return {(r["training_set"], s): run for r in results["rows"] for s, run in r["seeds"].items()}
+
+
+def test_every_seeds_accuracy_equals_a_direct_open_clip_zero_shot(setup, tiny_world):
+    """Every row's top-1 of every seed on every eval set against open_clip run here on that
+    seed's checkpoint; the two seeds are two different models."""
     _, out, manifest = setup
     assert [row["training_set"] for row in manifest["table"]] == ["full", "combined-pruned", "random"]
+    runs = _runs(out)
+    assert sorted({s for _, s in runs}) == ["0", "1"]
     for row in manifest["table"]:
-        assert Path(row["checkpoint"]).stem == "epoch_1"
-        for name in EVALS:
-            ref = zero_shot_reference(tiny_world, Path(row["checkpoint"]), f"eval/{name}")
-            top2 = np.sort(ref["logits"], axis=1)[:, -2:]
-            near_ties = int(((top2[:, 1] - top2[:, 0]) <= 1e-5).sum())  # float noise may reorder these
-            expected = (ref["logits"].argmax(axis=1) == ref["labels"]).mean()
-            print(f"{row['training_set']} {name}: top1 {row['top1'][name]:.4f}, direct {expected:.4f}, "
-                  f"{near_ties} near-ties of {len(ref['labels'])}")
-            assert abs(row["top1"][name] - expected) <= near_ties / len(ref["labels"]) + 1e-12
+        name_row = row["training_set"]
+        weights = [(out / "runs" / name_row / f"seed-{s}" / "checkpoints" / "epoch_1.pt").read_bytes() for s in (0, 1)]
+        assert weights[0] != weights[1]
+        for i, s in enumerate(("0", "1")):
+            checkpoint = Path(runs[(name_row, s)]["checkpoint"])
+            assert checkpoint.stem == "epoch_1" and checkpoint.parent.parent.name == f"seed-{s}"
+            for name in EVALS:
+                ref = zero_shot_reference(tiny_world, checkpoint, f"eval/{name}")
+                top2 = np.sort(ref["logits"], axis=1)[:, -2:]
+                near_ties = int(((top2[:, 1] - top2[:, 0]) <= 1e-5).sum())  # float noise may reorder these
+                expected = (ref["logits"].argmax(axis=1) == ref["labels"]).mean()
+                got = row["top1_per_seed"][name][i]
+                print(f"{name_row} seed {s} {name}: top1 {got:.4f}, direct {expected:.4f}, "
+                      f"{near_ties} near-ties of {len(ref['labels'])}")
+                assert abs(got - expected) <= near_ties / len(ref["labels"]) + 1e-12
+            assert row["top1"][name]["estimate"] == pytest.approx(np.mean(row["top1_per_seed"][name]))
     assert (out / "accuracy" / "val").is_dir()
+    assert (out / "claims.md").is_file() and "random" in (out / "table.md").read_text()
 
 
 def test_rerun_trains_nothing(setup, tiny_world):
     root, out, manifest = setup
-    runs = {r["training_set"]: Path(r["run"]) for r in manifest["table"]}
+    runs = {key: Path(run["run"]) for key, run in _runs(out).items()}
     before = {name: (run / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns for name, run in runs.items()}
     again = experiment_similarity(tiny_world / "pool", root / "neighbors",
                                   {n: tiny_world / "eval" / n for n in EVALS}, out,
                                   training_sets=["full", "combined-pruned", "random"], epochs=1, batch_size=32, lr=1e-3,
-                                  per_shard=100, parallel=2)
+                                  per_shard=100, parallel=2, seeds=2)
     assert {name: (run / "checkpoints" / "epoch_1.pt").stat().st_mtime_ns for name, run in runs.items()} == before
     assert [r["top1"] for r in again["table"]] == [r["top1"] for r in manifest["table"]]

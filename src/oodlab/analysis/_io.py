@@ -3,6 +3,8 @@ byte-reproducibly (no timestamps or software versions inside the files)."""
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +35,16 @@ def write_csv(path: str | Path, frame: Any) -> Path:
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
         frame.to_csv(f, index=False, lineterminator="\n")
     return path
+
+
+def data_uri(data: bytes) -> str:
+    """An image's bytes as a ``data:`` URI (its MIME type read from the bytes), so that a page
+    embeds it and opens from the file system with nothing beside it."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            mime = Image.MIME.get(img.format or "", "application/octet-stream")
+    except Exception:
+        mime = "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"

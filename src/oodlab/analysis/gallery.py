@@ -16,7 +16,6 @@ Images are read by key with :mod:`oodlab.data.lookup` (only the shards that can 
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import logging
@@ -25,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from oodlab.analysis._io import new_figure, save_png, write_csv
+from oodlab.analysis._io import data_uri, new_figure, save_png, write_csv
 from oodlab.data.lookup import read_images
 from oodlab.similarity.layout import NeighborsFolder
 from oodlab.utils.atomic import write_text
@@ -194,17 +193,6 @@ def _plot(rows: list, query_images: dict, train_images: dict, k: int, eval_set: 
     save_png(fig, path)
 
 
-def _data_uri(data: bytes) -> str:
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            mime = Image.MIME.get(img.format or "", "application/octet-stream")
-    except Exception:
-        mime = "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
-
-
 _STYLE = """body{font-family:sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse}td{padding:6px;vertical-align:top;text-align:center}
 td.query{border-right:3px solid #d62728}figure{margin:0}
@@ -213,7 +201,7 @@ figcaption{font-size:12px;max-width:180px;word-break:break-all}.score{font-weigh
 
 
 def _figure(data: bytes, caption: str, key: str) -> str:
-    return (f'<figure><img src="{_data_uri(data)}" alt="{html.escape(key)}" title="{html.escape(key)}">'
+    return (f'<figure><img src="{data_uri(data)}" alt="{html.escape(key)}" title="{html.escape(key)}">'
             f"<figcaption>{caption}</figcaption></figure>")
 
 

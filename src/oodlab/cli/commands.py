@@ -70,6 +70,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("evaluate", "oodlab.evaluation.evaluate:evaluate"),
     Command("experiment similarity", "oodlab.experiments.similarity:experiment_similarity", _print_table),
     Command("demo", "oodlab.experiments.demo:demo"),
+    Command("report", "oodlab.report.build:report"),
 )
 
 #: command group -> its help

@@ -49,6 +49,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "batch_size": ("--batch-size", "samples per forward pass (inference) or per optimiser step (training)"),
     "chunk_rows": ("--chunk-rows", "rows read at a time: bounds memory"),
     "seed": ("--seed", "the seed of every random choice of the stage"),
+    "seeds": ("--seeds", "training seeds per training set (seed, seed+1, ...): tables give the mean and 95% intervals over them"),
     # -- how much, how many ------------------------------------------------------------------------
     "k": ("--k", "neighbours per query"),
     "workers": ("--workers", "worker processes for the stage's data work (decoding, copying, generating); 0: in the main process"),
@@ -58,7 +59,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "overwrite": ("--overwrite", "delete the output folder first and start afresh (default: resume, or do nothing when complete)"),
     "verify": ("--verify", "re-read what was written and check it against the plan"),
     # -- stage parameters ---------------------------------------------------------------------------
-    "preset": ("--preset", "the synthetic world's size: tiny, small or default"),
+    "preset": ("--preset", "the synthetic world: laion (LAION-like), default (high contamination), small or tiny"),
     "rendition_share": ("--rendition-share", "share of renditions (non-real domains) in the pool"),
     "duplicate_share": ("--duplicate-share", "share of planted near-duplicates in the pool"),
     "text": ("--text", "also embed the captions"),
@@ -97,6 +98,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "cache_mb": ("--cache-mb", "MiB of decoded images kept across checkpoints (0: decode each time)"),
     "save_logits": ("--save-logits", "also save the float16 cosine logits of every sample"),
     "experiment_epochs": ("--experiment-epochs", "training epochs of each experiment run"),
+    "experiment_seeds": ("--experiment-seeds", "training seeds of each experiment row"),
 }
 
 

@@ -8,12 +8,16 @@ under ``OUT``; each tool skips work that is complete, so an interrupted demo re-
    stages (the paper used a CLIP trained on LAION-400M); its zero-shot top-1 on val.
 3. ``embed``: embed the pool, ImageNet-train and the six eval sets with it; validate the stores.
 4. ``neighbors``: one exact pass of the pool against all eval sets, ImageNet-train as reference;
-   count the planted near-duplicates found as their test image's nearest neighbour.
+   how perceptual the space is (the share of test images whose nearest pool image has their
+   class, by the world's ground truth); the planted near-duplicates found as their test image's
+   nearest neighbour.
 5. ``similarity``: the similarity-gap histograms (pool vs ImageNet-train), a nearest-neighbour
    gallery, and an approximate index with its recall against exact search.
 6. ``dedup``: semantic deduplication of the pool, scored against the planted duplicates.
-7. ``experiment``: train and evaluate on the full, aligned-pruned, near/far-pruned and random
-   pools, all with one shorter schedule (two runs side by side); the paper's table.
+7. ``experiment``: train and evaluate on the full, combined-pruned, near/far-pruned and random
+   pools, each with 3 seeds (two runs side by side); the pruned fractions next to the paper's,
+   the paper's table with 95% intervals and the claims table.
+8. ``report``: ``OUT/report/index.html``, every table and figure on one page.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ EVAL_SETS = ("val", "v2", "sketch", "r", "a", "objectnet")
 #: eps = 0.124 (ViT-B/32 on LAION) would merge whole classes; on the default world eps = 0.01
 #: finds half the planted copies at 0.79 precision (0.005: 0.25 at 0.98; 0.02: 0.73 at 0.27)
 DEDUP_EPS = 0.01
+#: the demo's ICLR 2024 rows: what the claims need (the six per-eval-set rows cost 6 x 3 more runs)
+DEMO_TRAINING_SETS = ("full", "combined-pruned", "near-pruned", "far-pruned", "random")
 
 
 @dataclass
@@ -46,6 +52,7 @@ class DemoContext:
     model: str
     epochs: int | None
     experiment_epochs: int | None
+    experiment_seeds: int
     results: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -106,8 +113,38 @@ def stage_neighbors(ctx: DemoContext) -> dict[str, Any]:
     neighbors(ctx.store("pool"), {name: ctx.store(name) for name in EVAL_SETS}, ctx.neighbors,
               reference_stores={"imagenet-train": ctx.store("imagenet-train")})
     found, planted = planted_duplicates_recovered(ctx.world, ctx.neighbors, EVAL_SETS)
+    agreement = neighbour_class_agreement(ctx.world, ctx.neighbors, EVAL_SETS)
+    agreement_md = ("Top-1 neighbour class agreement: the share of test images whose nearest pool image shows "
+                    "the same class (world ground truth)\n\n| Eval set | Agreement (%) |\n|---|---:|\n"
+                    + "".join(f"| {name} | {100 * a:.1f} |\n" for name, a in agreement.items()))
+    console.print(agreement_md, soft_wrap=True, markup=False)
     summary(f"planted near-duplicates recovered as their test image's nearest pool neighbour: {found} of {planted}")
-    return {"neighbors": str(ctx.neighbors), "planted_duplicates": planted, "recovered_as_top1": found}
+    return {"neighbors": str(ctx.neighbors), "planted_duplicates": planted, "recovered_as_top1": found,
+            "agreement": agreement, "agreement_md": agreement_md}
+
+
+def _ground_truth(world: Path, columns: list[str]) -> Any:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(world / "ground_truth.parquet", columns=columns).to_pandas()
+
+
+def neighbour_class_agreement(world: Path, neighbors: Path, eval_sets: tuple[str, ...]) -> dict[str, float]:
+    """Per eval set, the fraction of its images whose nearest pool image (rank 0) has their class."""
+    import pyarrow.parquet as pq
+
+    from oodlab.similarity.layout import NeighborsFolder
+
+    truth = _ground_truth(world, ["dataset", "key", "class_index"])
+    pool = dict(zip(truth.key[truth.dataset == "pool"], truth.class_index[truth.dataset == "pool"]))
+    out = {}
+    for name in eval_sets:
+        top = pq.read_table(NeighborsFolder(neighbors).eval_file(name), columns=["query_key", "rank", "train_key"],
+                            filters=[("rank", "=", 0)]).to_pandas()
+        mine = truth[truth.dataset == f"eval/{name}"]
+        label = dict(zip(mine.key, mine.class_index))
+        out[name] = float(sum(label[q] == pool[t] for q, t in zip(top.query_key, top.train_key)) / len(top))
+    return out
 
 
 def planted_duplicates_recovered(world: Path, neighbors: Path, eval_sets: tuple[str, ...]) -> tuple[int, int]:
@@ -116,8 +153,7 @@ def planted_duplicates_recovered(world: Path, neighbors: Path, eval_sets: tuple[
 
     from oodlab.similarity.layout import NeighborsFolder
 
-    truth = pq.read_table(world / "ground_truth.parquet",
-                          columns=["dataset", "key", "near_duplicate_dataset", "near_duplicate_key"]).to_pandas()
+    truth = _ground_truth(world, ["dataset", "key", "near_duplicate_dataset", "near_duplicate_key"])
     copies = truth[(truth.dataset == "pool") & truth.near_duplicate_key.notna()]
     found = planted = 0
     for name in eval_sets:
@@ -159,9 +195,20 @@ def stage_experiment(ctx: DemoContext) -> dict[str, Any]:
     # 1,000 samples per shard: the pruned pools get several shards each, as the demo always had
     manifest = experiment_similarity([ctx.world / "pool"], ctx.neighbors,
                                      {name: ctx.world / "eval" / name for name in EVAL_SETS}, out, model=ctx.model,
-                                     epochs=ctx.experiment_epochs, seed=ctx.seed, per_shard=1000, parallel=2)
-    console.print(manifest["table_md"], soft_wrap=True, markup=False)
-    return {"table": str(out / "table.md"), "rows": manifest["table"]}
+                                     training_sets=list(DEMO_TRAINING_SETS), epochs=ctx.experiment_epochs,
+                                     seed=ctx.seed, seeds=ctx.experiment_seeds, per_shard=1000, parallel=2)
+    for text in (manifest["pruned_md"], manifest["table_md"], manifest["claims_md"]):
+        console.print(text, soft_wrap=True, markup=False)
+    return {"table": str(out / "table.md"), "claims": str(out / "claims.md"), "pruned": manifest["pruned"],
+            "rows": manifest["table"], "verdicts": {f"{c['claim']} ({c['scope']})": c["verdict"] for c in manifest["claims"]}}
+
+
+def stage_report(ctx: DemoContext) -> dict[str, Any]:
+    from oodlab.report.build import report
+
+    # the page is a view of demo.json, which each stage has just rewritten: always afresh
+    manifest = report(ctx.out, overwrite=True)
+    return {"report": str(ctx.out / "report" / "index.html"), "sections": manifest["sections"]}
 
 
 #: the demo's stages, in pipeline order
@@ -173,6 +220,7 @@ STAGES: dict[str, Callable[[DemoContext], dict[str, Any]]] = {
     "similarity": stage_similarity,
     "dedup": stage_dedup,
     "experiment": stage_experiment,
+    "report": stage_report,
 }
 RESULTS = "demo.json"
 
@@ -180,11 +228,12 @@ RESULTS = "demo.json"
 def demo(
     out: str | Path,
     *,
-    preset: str = "default",
+    preset: str = "laion",
     seed: int = 0,
     model: str = "tiny-vit",
     epochs: int | None = None,
-    experiment_epochs: int | None = 4,
+    experiment_epochs: int | None = None,
+    experiment_seeds: int = 3,
     stages: Sequence[str] | None = None,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -193,13 +242,15 @@ def demo(
     Args:
         out: output folder (``demo.json`` collects every stage's results; re-running continues
             an interrupted demo).
-        preset: synthetic world size (``tiny``, ``small``, ``default``).
+        preset: the synthetic world (``laion``: LAION-like, the default; ``default``: the high-
+            contamination world; ``small``, ``tiny``: smaller ones).
         seed: seed of the world and of training.
         model: the CLIP architecture used throughout.
         epochs: training epochs of the similarity model (None: the model's default for the
             pool's size: about 3 minutes and >= 60% zero-shot top-1 on val for the tiny models).
-        experiment_epochs: training epochs of each of the experiment's 11 runs (None: the
-            model's default). The default of 4 keeps the demo under 15 minutes on 2 cores.
+        experiment_epochs: training epochs of each experiment run (None: the model's default
+            for the pool, the same schedule as the similarity model).
+        experiment_seeds: training seeds per experiment row (3: 15 runs).
         stages: run only these stages (default: all, in order; later stages need earlier ones).
         overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
 
@@ -211,11 +262,12 @@ def demo(
     if unknown:
         raise InputError(None, f"unknown demo stages {unknown}", f"choose from {list(STAGES)}")
     run = RunFolder(out, "demo", inputs={}, parameters={"preset": preset, "seed": seed, "model": model, "epochs": epochs,
-                                                        "experiment_epochs": experiment_epochs})
+                                                        "experiment_epochs": experiment_epochs,
+                                                        "experiment_seeds": experiment_seeds})
     done = run.open(overwrite)
     if done is not None and not stages:
         return done["results"]
-    ctx = DemoContext(run.out, preset, seed, model, epochs, experiment_epochs)
+    ctx = DemoContext(run.out, preset, seed, model, epochs, experiment_epochs, experiment_seeds)
     results_path = run.out / RESULTS
     ctx.results = read_json(results_path) if results_path.exists() else {}
     with Timer() as total:
@@ -230,6 +282,5 @@ def demo(
     if all(name in ctx.results for name in STAGES):
         run.finish(counts={"stages": len(STAGES)}, outputs={"results": RESULTS}, results=ctx.results)
     summary(f"demo finished in {total.seconds:.0f} s; outputs under {ctx.out} (index: {results_path}; "
-            f"table: {ctx.out / 'experiment' / 'table.md'}; "
-            f"gallery: {ctx.out / 'similarity' / 'gallery' / 'sketch' / 'index.html'})")
+            f"report: {ctx.out / 'report' / 'index.html'})")
     return ctx.results

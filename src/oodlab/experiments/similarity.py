@@ -11,9 +11,13 @@ Given a pool (webdataset shards), the ``oodlab neighbors`` run of the pool again
 2. materialises each as shards (``oodlab subset``), trains CLIP on each with one configuration
    (``oodlab train``) and evaluates the final checkpoint zero-shot on every eval set
    (``oodlab eval``);
-3. writes the table shaped like the paper's (rows: training sets with their sizes; columns: the
-   eval sets' top-1) as ``table.md`` and ``table.csv``, and accuracy-vs-similarity plots of the
-   full-pool model (``accuracy/{eval}/``).
+3. trains every training set with each of ``seeds`` seeds (the pruning rules stay fixed: only
+   initialisation and sample order change) and writes ``results.json`` (every seed's run and
+   numbers); from it, the table shaped like the paper's with 95% intervals and each row's paired
+   difference from the full pool (``table.md``, ``table.csv``, :mod:`oodlab.experiments.tables`),
+   the paper's claims tested on the outputs (``claims.md``, ``claims.csv``,
+   :mod:`oodlab.analysis.claims`) and accuracy-vs-similarity plots of the full-pool model
+   (``accuracy/{eval}/``).
 
 Every step is resumable: a re-run skips what is complete (each tool keeps its own manifest).
 """
@@ -26,7 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from oodlab.utils.atomic import write_text
+from oodlab.analysis.claims import claims_table
+from oodlab.experiments.outcomes import RESULTS, Outcomes, load_outcomes
+from oodlab.experiments.tables import TITLES, similarity_table
+from oodlab.utils.atomic import write_json, write_text
 from oodlab.utils.errors import InputError
 from oodlab.utils.names import check_names
 from oodlab.utils.progress import Timer, summary
@@ -34,8 +41,11 @@ from oodlab.utils.runs import RunFolder, fingerprint
 
 log = logging.getLogger(__name__)
 
-#: the paper's column titles, by eval set name (others keep their name)
-TITLES = {"val": "Val", "sketch": "Sketch", "a": "A", "r": "R", "v2": "V2", "objectnet": "ObjectNet"}
+#: LAION-200M samples flagged by similarity-aligned pruning in the paper, per eval set and for
+#: all six at once (notebook output of get_paths.ipynb; ../shared/reference), of about 200M keys
+PAPER_PRUNED = {"val": 377_340, "v2": 274_325, "sketch": 8_342_783, "r": 5_735_749, "a": 138_852,
+                "objectnet": 266_025, "combined": 12_352_759}
+PAPER_POOL = 200_000_000
 #: the training sets the experiment knows, in table order (``{eval}-pruned`` expands per eval set)
 TRAINING_SETS = ("full", "{eval}-pruned", "combined-pruned", "near-pruned", "far-pruned", "random")
 
@@ -50,9 +60,11 @@ def _key_lists(neighbors: Path, out: Path, evals: Sequence[str], sets: Sequence[
 
     keys = out / "keys"
     combined = keys / "combined-pruned"
-    # the controls are size-matched to the combined-pruned set, which is built first
-    if any(s in sets for s in ("combined-pruned", "near-pruned", "far-pruned", "random")):
-        prune_aligned(neighbors, combined, eval_sets=list(evals))
+    # every aligned list is written (a second each): the pruned-fractions table needs them all, and
+    # the controls are size-matched to the combined-pruned set
+    prune_aligned(neighbors, combined, eval_sets=list(evals))
+    for e in evals:
+        prune_aligned(neighbors, keys / f"{e}-pruned", eval_sets=[e])
     size = _count(combined / "kept.parquet") if combined.exists() else 0
     rules = {
         "full": lambda folder: None,
@@ -64,9 +76,7 @@ def _key_lists(neighbors: Path, out: Path, evals: Sequence[str], sets: Sequence[
     lists: dict[str, Path | None] = {}
     for name in sets:
         if name == "{eval}-pruned":
-            for e in evals:
-                prune_aligned(neighbors, keys / f"{e}-pruned", eval_sets=[e])
-                lists[f"{e}-pruned"] = keys / f"{e}-pruned"
+            lists.update({f"{e}-pruned": keys / f"{e}-pruned" for e in evals})
         elif name in rules:
             rules[name](keys / name)
             lists[name] = None if name == "full" else keys / name
@@ -93,6 +103,7 @@ def experiment_similarity(
     batch_size: int | None = None,
     lr: float | None = None,
     seed: int = 0,
+    seeds: int = 1,
     full_run: str | Path | None = None,
     per_shard: int = 10_000,
     workers: int = 1,
@@ -107,16 +118,19 @@ def experiment_similarity(
         neighbors: an ``oodlab neighbors`` folder of the pool against the eval sets, run with a
             reference store (its margins define the similarity-aligned sets).
         eval_data: eval set name (as in ``neighbors``) -> dataset folder for zero-shot evaluation.
-        out: output folder (``keys/``, ``shards/``, ``runs/``, ``eval/``, ``accuracy/``,
-            ``table.md``, ``table.csv``, ``manifest.json``).
+        out: output folder (``keys/``, ``shards/``, ``runs/{set}/seed-{s}/``,
+            ``eval/{set}/seed-{s}/``, ``accuracy/``, ``results.json``, ``table.md``, ``table.csv``,
+            ``claims.md``, ``claims.csv``, ``manifest.json``).
         model: the CLIP architecture trained for every row.
         training_sets: training sets, from :data:`TRAINING_SETS` (``{eval}-pruned`` stands for one
             per eval set; default: all).
         epochs, batch_size, lr: training configuration shared by every row (None: the model's
             defaults, see ``oodlab train``; the epochs are the full pool's default for every row).
-        seed: seed of training and of the random control.
-        full_run: an existing ``oodlab train`` run on the full pool to reuse for its row (e.g.
-            the model that embedded the data), trained with the same configuration.
+        seed: the first training seed, and the seed of the random control.
+        seeds: training seeds per training set (``seed``, ``seed + 1``, ...): the tables report
+            the mean and a 95% interval over them (3 or more for a usable interval).
+        full_run: an existing ``oodlab train`` run on the full pool to reuse for its row's first
+            seed (e.g. the model that embedded the data), trained with the same configuration.
         per_shard: samples per shard of the materialised training sets.
         workers: data-loading processes for training and evaluation (evaluation decodes
             in-process when ``parallel > 1``).
@@ -128,7 +142,8 @@ def experiment_similarity(
             (key lists, shards, runs, evaluations) resumes on its own.
 
     Returns:
-        the manifest: ``table`` holds the rows, ``table_md`` the Markdown table.
+        the manifest: ``table`` holds the rows with their intervals, ``table_md`` the Markdown
+        table, ``claims`` and ``claims_md`` the claims table.
     """
     from oodlab.data.sources import shard_paths
     from oodlab.evaluation.evaluate import evaluate
@@ -137,6 +152,8 @@ def experiment_similarity(
     from oodlab.train.config import defaults_for
     from oodlab.train.run import train
 
+    if seeds < 1:
+        raise InputError(None, f"seeds must be >= 1, got {seeds}", "pass --seeds 3 (or more) for intervals")
     if not eval_data:
         raise InputError(None, "no eval datasets given", "pass --eval-data NAME=PATH for each eval set")
     names = check_names(eval_data, "eval set")
@@ -148,7 +165,7 @@ def experiment_similarity(
                             "eval_data": {k: str(v) for k, v in eval_data.items()},
                             "full_run": None if full_run is None else str(full_run)},
                     parameters={"model": model, "training_sets": sets, "epochs": epochs, "batch_size": batch_size,
-                                "lr": lr, "seed": seed, "per_shard": per_shard, "device": device},
+                                "lr": lr, "seed": seed, "seeds": seeds, "per_shard": per_shard, "device": device},
                     settings={"workers": workers, "parallel": parallel},
                     reads=[neighbors, *pool, *eval_data.values()] + ([full_run] if full_run else []))
     done = run.open(overwrite)
@@ -157,50 +174,97 @@ def experiment_similarity(
     out = run.out
     with Timer() as timer:
         lists = _key_lists(neighbors, out, names, sets, seed)
-        jobs = {}  # training set -> (data, size, removed, run)
+        jobs = {}  # training set -> (data, size, removed)
         for name, keys in lists.items():
             if keys is None:
-                data, size, removed = pool, _pool_size(pool), 0
+                jobs[name] = (pool, _pool_size(pool), 0)
             else:
                 # the key lists are small and copied in a second: in this process, no worker start-up
                 manifest = subset(keys / "kept.parquet", pool, out / "shards" / name, per_shard=per_shard, workers=0)
-                data, size = [out / "shards" / name], manifest["counts"]["written"]
-                removed = _count(keys / "removed.parquet")
-            run_dir = Path(full_run) if (name == "full" and full_run is not None) else out / "runs" / name
-            jobs[name] = (data, size, removed, run_dir)
+                jobs[name] = ([out / "shards" / name], manifest["counts"]["written"], _count(keys / "removed.parquet"))
+        seed_list = [seed + i for i in range(seeds)]
         threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
         if epochs is None:  # the full pool's default, for every row: the papers train each subset
             # for the same epochs, and a smaller set must not get more passes than the pool
             epochs = defaults_for(model).epochs_for(_pool_size(pool))
 
-        def fit(name: str) -> dict[str, Any]:
+        def reused(name: str, s: int) -> bool:
+            return name == "full" and full_run is not None and s == seed
+
+        def fit(job: tuple[str, int]) -> dict[str, Any]:
             """Train (a finished run is returned as is, an interrupted one resumed), then evaluate
             right away: the evaluation fills the time another run leaves a core idle."""
-            data, _, _, run_dir = jobs[name]
-            if not (name == "full" and full_run is not None):
-                train(data, run_dir, model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            name, s = job
+            folder = Path(full_run) if reused(name, s) else out / "runs" / name / f"seed-{s}"
+            if not reused(name, s):
+                train(jobs[name][0], folder, model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=s,
                       workers=workers, threads=threads, device=device)
             # with runs side by side, this thread must not fork DataLoader workers (a fork while
             # another thread holds a lock can deadlock the child): evaluation decodes in-process
-            return evaluate(final_checkpoint(run_dir), dict(eval_data), out / "eval" / name, model=model, device=device,
-                            workers=workers if parallel <= 1 else 0)
+            evaluate(final_checkpoint(folder), dict(eval_data), out / "eval" / name / f"seed-{s}", model=model,
+                     device=device, workers=workers if parallel <= 1 else 0)
+            label = final_checkpoint(folder).stem
+            return {"run": str(folder), "checkpoint": str(final_checkpoint(folder)),
+                    "predictions": {n: f"eval/{name}/seed-{s}/{label}/{n}/predictions.parquet" for n in names}}
 
-        order = sorted(jobs, key=lambda n: -jobs[n][1])  # largest first: the pool stays busy to the end
+        # largest first, seeds interleaved: the pool of runs stays busy to the end
+        order = sorted(((n, s) for n in jobs for s in seed_list), key=lambda j: (-jobs[j[0]][1], j[1]))
         with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool_of_runs:
-            evaluated = dict(zip(order, pool_of_runs.map(fit, order)))
-        rows = []
-        for name, (data, size, removed, run_dir) in jobs.items():
-            results = evaluated[name]
-            accuracy = {n: results["datasets"][n]["metrics"]["acc1"][-1] for n in names}
-            rows.append({"training_set": name, "size": size, "removed": removed, "run": str(run_dir),
-                         "checkpoint": str(final_checkpoint(run_dir)), "top1": accuracy})
-        _accuracy_plots(out, neighbors, names, rows)
-        table_md = _write_table(out, names, rows)
-    manifest = run.finish(counts={"training_sets": len(rows)}, outputs={"table": "table.md", "csv": "table.csv"},
-                          table=rows, table_md=table_md)
-    summary(f"experiment similarity: {len(rows)} training sets x {len(names)} eval sets in {timer.seconds:.0f} s "
+            fitted = dict(zip(order, pool_of_runs.map(fit, order)))
+        results = {"eval_sets": names, "seeds": seed_list, "neighbors": str(neighbors), "model": model,
+                   "epochs": epochs, "rows": [
+                       {"training_set": name, "size": size, "removed": removed,
+                        "seeds": {str(s): fitted[(name, s)] for s in seed_list}}
+                       for name, (_, size, removed) in jobs.items()]}
+        write_json(out / RESULTS, results)
+        pruned = _pruned_table(out, names, _pool_size(pool))
+        outcomes = load_outcomes(out)
+        _accuracy_plots(out, neighbors, names, outcomes)
+        table = similarity_table(outcomes, out)
+        claims = claims_table(outcomes, out)
+    manifest = run.finish(counts={"training_sets": len(jobs), "seeds": seeds},
+                          outputs={"results": RESULTS, "pruned": "pruned.md", "table": "table.md", "csv": "table.csv", "claims": "claims.md",
+                                   "claims_csv": "claims.csv"},
+                          pruned=pruned["rows"], pruned_md=pruned["markdown"],
+                          table=table["rows"], table_md=table["markdown"], claims=claims["rows"], claims_md=claims["markdown"])
+    summary(f"experiment similarity: {len(jobs)} training sets x {seeds} seeds x {len(names)} eval sets in "
+            f"{timer.seconds:.0f} s "
             f"-> {out / 'table.md'}")
     return manifest
+
+
+def _pruned_table(out: Path, names: list[str], pool_size: int) -> dict[str, Any]:
+    """``pruned.md`` / ``pruned.csv``: the share of the pool that similarity-aligned pruning removes
+    per eval set and combined, next to the paper's share of LAION-200M (:data:`PAPER_PRUNED`).
+
+    Returns:
+        ``rows`` (eval_set, removed, share, paper_removed, paper_share, ratio; shares are
+        fractions, ratio = share / paper_share) and ``markdown``.
+    """
+    rows = []
+    for e in [*names, "combined"]:
+        removed = _count(out / "keys" / ("combined-pruned" if e == "combined" else f"{e}-pruned") / "removed.parquet")
+        paper = PAPER_PRUNED.get(e)
+        share = removed / pool_size
+        paper_share = None if paper is None else paper / PAPER_POOL
+        rows.append({"eval_set": e, "removed": removed, "share": share, "paper_removed": paper, "paper_share": paper_share,
+                     "ratio": None if not paper_share else share / paper_share})
+    md = [f"Similarity-aligned pruning: share of the pool ({pool_size:,} samples) removed, next to the paper's share of "
+          "LAION-200M (about 200M samples)", "",
+          "| Eval set | Removed | Share of pool (%) | LAION-200M removed | Share of LAION-200M (%) | Ratio |",
+          "|---|---:|---:|---:|---:|---:|"]
+    csv = ["eval_set,removed,share,paper_removed,paper_share,ratio"]
+    for r in rows:
+        paper = ("n/a", "n/a", "n/a") if r["paper_removed"] is None else (
+            f"{r['paper_removed']:,}", f"{100 * r['paper_share']:.2f}", f"{r['ratio']:.1f}x")
+        md.append(f"| {TITLES.get(r['eval_set'], r['eval_set'])} | {r['removed']:,} | {100 * r['share']:.2f} | "
+                  + " | ".join(paper) + " |")
+        csv.append(",".join("" if r[k] is None else str(r[k]) for k in ("eval_set", "removed", "share", "paper_removed",
+                                                                         "paper_share", "ratio")))
+    markdown = "\n".join(md) + "\n"
+    write_text(out / "pruned.md", markdown)
+    write_text(out / "pruned.csv", "\n".join(csv) + "\n")
+    return {"rows": rows, "markdown": markdown}
 
 
 def _pool_size(pool: list[Path]) -> int:
@@ -209,34 +273,12 @@ def _pool_size(pool: list[Path]) -> int:
     return resolve_train_data(pool).count
 
 
-def _accuracy_plots(out: Path, neighbors: Path, names: list[str], rows: list[dict]) -> None:
-    """Accuracy vs nearest-neighbour similarity to the pool, for the full-pool model."""
+def _accuracy_plots(out: Path, neighbors: Path, names: list[str], outcomes: Outcomes) -> None:
+    """Accuracy vs nearest-neighbour similarity to the pool, for the full-pool model's first seed."""
     from oodlab.analysis.accuracy import similarity_accuracy
 
-    full = next((r for r in rows if r["training_set"] == "full"), None)
-    if full is None:
+    if "full" not in outcomes.rows:
         return
-    label = Path(full["checkpoint"]).stem
-    predictions = {name: out / "eval" / "full" / label / name / "predictions.parquet" for name in names}
+    first = outcomes.rows["full"]["seeds"][str(outcomes.seeds[0])]
+    predictions = {name: out / first["predictions"][name] for name in names}
     similarity_accuracy(neighbors, predictions, out / "accuracy", bins=8, binning="mass")
-
-
-def _write_table(out: Path, names: list[str], rows: list[dict]) -> str:
-    """``table.md`` and ``table.csv``: rows = training sets (size, removed), columns = eval sets' top-1 (%).
-
-    Returns:
-        the Markdown table.
-    """
-    titles = [TITLES.get(n, n) for n in names]
-    full = next((r for r in rows if r["training_set"] == "full"), None)
-    md = ["| Dataset | Size | " + " | ".join(titles) + " |", "|---|---:|" + "---:|" * len(titles)]
-    csv = ["training_set,size,removed," + ",".join(titles)]
-    for r in rows:
-        label = r["training_set"] if r is full or full is None else f"- {r['training_set']}"
-        size = f"{r['size']:,}" if r is full or full is None else f"-{r['removed']:,}"
-        md.append(f"| {label} | {size} | " + " | ".join(f"{100 * r['top1'][n]:.2f}" for n in names) + " |")
-        csv.append(f"{r['training_set']},{r['size']},{r['removed']}," + ",".join(f"{100 * r['top1'][n]:.2f}" for n in names))
-    text = "Zero-shot top-1 (%) of CLIP trained on each training set\n\n" + "\n".join(md) + "\n"
-    write_text(out / "table.md", text)
-    write_text(out / "table.csv", "\n".join(csv) + "\n")
-    return text

@@ -18,7 +18,8 @@ class WorldConfig:
         imagenet_per_class: images per class of ``imagenet-train``.
         eval_per_class: images per class of each eval set.
         domainnet_train_per_class, domainnet_test_per_class: images per class and domain of DomainNet.
-        rendition_share: fraction of pool images drawn in a non-``real`` domain (spread evenly over the five).
+        rendition_share: fraction of pool images drawn in a non-``real`` domain.
+        rendition_domains: (domain, weight) mix of those renditions (None: evenly over the five).
         duplicate_share: planted near-duplicate copies, as a fraction of the pool.
         pool_internal_duplicate_share: fraction of the planted copies that copy a pool image (the rest copy
             eval images).
@@ -39,6 +40,7 @@ class WorldConfig:
     domainnet_train_per_class: int
     domainnet_test_per_class: int
     rendition_share: float = 0.2
+    rendition_domains: tuple[tuple[str, float], ...] | None = None
     duplicate_share: float = 0.03
     pool_internal_duplicate_share: float = 0.25
     noisy_caption_share: float = 0.1
@@ -88,5 +90,22 @@ PRESETS: dict[str, WorldConfig] = {
         eval_per_class=25,
         domainnet_train_per_class=40,
         domainnet_test_per_class=15,
+    ),
+    # LAION-like: few renditions (mostly sketches) and few copies of test images, so that the
+    # renditions' pruned fractions are about LAION-200M's; 12 classes, so that the similarity
+    # model separates them (docs/world.md has the measured effect of each knob)
+    "laion": WorldConfig(
+        name="laion",
+        n_classes=12,
+        image_size=64,
+        pool_size=8000,
+        pool_shard_size=1000,
+        imagenet_per_class=80,
+        eval_per_class=25,
+        domainnet_train_per_class=40,
+        domainnet_test_per_class=15,
+        rendition_share=0.06,
+        rendition_domains=(("sketch", 0.6), ("clipart", 0.1), ("infograph", 0.1), ("painting", 0.1), ("quickdraw", 0.1)),
+        duplicate_share=0.005,
     ),
 }

@@ -269,7 +269,9 @@ class WorldPlan:
         cfg = self.config
         class_index = int(rng.integers(len(self.class_names)))
         if rng.random() < cfg.rendition_share:
-            domain, variant = RENDITION_DOMAINS[int(rng.integers(len(RENDITION_DOMAINS)))], "standard"
+            domain = (RENDITION_DOMAINS[int(rng.integers(len(RENDITION_DOMAINS)))] if cfg.rendition_domains is None
+                      else pick_weighted(rng, cfg.rendition_domains))
+            variant = "standard"
         else:
             domain, variant = "real", pick_weighted(rng, cfg.pool_real_variants)
         return _draw_spec(rng, self.class_names, class_index, domain, variant, cfg.jpeg_quality)
