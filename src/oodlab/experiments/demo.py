@@ -232,7 +232,7 @@ def demo(
     seed: int = 0,
     model: str = "tiny-vit",
     epochs: int | None = None,
-    experiment_epochs: int | None = None,
+    experiment_epochs: int | None = 3,
     experiment_seeds: int = 3,
     stages: Sequence[str] | None = None,
     overwrite: bool = False,
@@ -249,7 +249,9 @@ def demo(
         epochs: training epochs of the similarity model (None: the model's default for the
             pool's size: about 3 minutes and >= 60% zero-shot top-1 on val for the tiny models).
         experiment_epochs: training epochs of each experiment run (None: the model's default
-            for the pool, the same schedule as the similarity model).
+            for the pool, the similarity model's schedule). The default of 3 (24,000 samples seen
+            on the full pool) keeps the stage's 15 runs at ~3 minutes on 2 cores, a third of the
+            demo's budget with a 1.5x margin, short of convergence (docs/performance.md).
         experiment_seeds: training seeds per experiment row (3: 15 runs).
         stages: run only these stages (default: all, in order; later stages need earlier ones).
         overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).

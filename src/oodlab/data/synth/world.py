@@ -303,7 +303,7 @@ def _generate(plan: WorldPlan, root: Path, workers: int) -> tuple[Counter, Count
 def synth(
     out: str | Path,
     *,
-    preset: str = "default",
+    preset: str = "laion",
     seed: int = 0,
     workers: int = 1,
     rendition_share: float | None = None,
@@ -325,7 +325,8 @@ def synth(
 
     Args:
         out: the world folder.
-        preset: a key of :data:`PRESETS` (tiny: tests, small, default: the demo).
+        preset: a key of :data:`PRESETS` (laion: LAION-like, the demo's; default: high
+            contamination; small; tiny: tests). See docs/world.md.
         seed: the world's seed; the same seed gives byte-identical files.
         workers: processes drawing images (0: all in this process).
         rendition_share: fraction of non-``real`` pool images, in [0, 1] (None: the preset's).
