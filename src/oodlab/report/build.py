@@ -179,8 +179,8 @@ def _loss_figure(name: str, folders: list[Path]) -> str:
     ax = fig.add_subplot()
     for folder in folders:
         losses = read_losses(folder / "out.log")
-        ax.plot(losses["samples"], losses["loss"], linewidth=1, label=folder.name if folder.name.startswith("seed") else None)
-    ax.set_xlabel("samples seen")
+        ax.plot(losses["samples"] / 1000, losses["loss"], linewidth=1, label=folder.name if folder.name.startswith("seed") else None)
+    ax.set_xlabel("samples seen (thousands)")
     ax.set_ylabel("contrastive loss")
     ax.set_title(name, fontsize=10)
     ax.grid(alpha=0.3)
