@@ -10,7 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 #: the two share a layer
 LAYERS = {
     "utils": 0, "_compat": 0, "data": 1, "models": 2, "embeddings": 3, "similarity": 4, "subsets": 5,
-    "train": 6, "evaluation": 6, "analysis": 7, "experiments": 8, "report": 8, "cli": 9, "__main__": 10,
+    "domains": 6, "train": 7, "evaluation": 7, "analysis": 8, "experiments": 9, "report": 9, "cli": 10, "__main__": 11,
 }
 
 

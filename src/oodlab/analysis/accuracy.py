@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from oodlab.analysis._io import new_figure, save_png, write_csv
+from oodlab.utils.artifacts import new_figure, save_png, write_csv
 from oodlab.analysis.sources import SOURCES, nn_similarity
 from oodlab.analysis.stats import BINNINGS, accuracy_by_bin
 from oodlab.similarity.layout import NeighborsFolder

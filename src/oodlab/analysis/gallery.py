@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from oodlab.analysis._io import data_uri, new_figure, save_png, write_csv
+from oodlab.utils.artifacts import data_uri, new_figure, save_png, write_csv
 from oodlab.data.lookup import read_images
 from oodlab.similarity.layout import NeighborsFolder
 from oodlab.utils.atomic import write_text

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from oodlab.analysis._io import new_figure, save_png, write_csv
+from oodlab.utils.artifacts import new_figure, save_png, write_csv
 from oodlab.analysis.sources import SOURCES, training_sets
 from oodlab.similarity.layout import NeighborsFolder
 from oodlab.utils.errors import IncompatibleError, InputError

@@ -65,6 +65,9 @@ COMMANDS: tuple[Command, ...] = (
     Command("prune random", "oodlab.subsets.prune:prune_random"),
     Command("dedup", "oodlab.subsets.dedup:dedup"),
     Command("subset", "oodlab.subsets.reshard:subset"),
+    Command("domains train", "oodlab.domains.head:domains_train"),
+    Command("domains calibrate", "oodlab.domains.calibrate:domains_calibrate"),
+    Command("domains predict", "oodlab.domains.predict:domains_predict"),
     Command("train", "oodlab.train.run:train"),
     Command("train-commands", "oodlab.train.launch:train_commands", _print_commands),
     Command("evaluate", "oodlab.evaluation.evaluate:evaluate"),
@@ -79,5 +82,6 @@ GROUPS: dict[str, str] = {
     "index": "Approximate nearest-neighbour indexes (faiss) for browsing; recall is measured against exact search.",
     "similarity": "Analyse train-test similarity: the similarity gap, accuracy vs similarity, galleries.",
     "prune": "Prune a pool by similarity to eval sets; every rule writes kept.parquet (the keys that stay) and removed.parquet.",
+    "domains": "Natural / rendition / ambiguous: a classifier on stored embeddings, thresholds certified to a target precision, predictions for whole stores.",
     "experiment": "The papers' experiments as one command each.",
 }

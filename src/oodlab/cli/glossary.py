@@ -34,6 +34,9 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "predictions": ("--predictions", "NAME=FILE: per-sample predictions (key, correct) of eval set NAME (repeat)"),
     "checkpoint": ("--checkpoint", "weights: a file, an open_clip model folder, or an `oodlab train` run folder"),
     "full_run": ("--full-run", "an existing `oodlab train` run reused for the full pool's row"),
+    "labels": ("--labels", "a label file: parquet or CSV with columns key and label (natural, rendition or ambiguous)"),
+    "head": ("--head", "a domain classifier: the output folder of `oodlab domains train`"),
+    "thresholds": ("--thresholds", "certified per-class thresholds: the output folder of `oodlab domains calibrate`"),
     # -- which part of an input ------------------------------------------------------------------
     "eval_sets": ("--eval-set", "the name of an eval set inside a neighbours folder (repeat; default: all)"),
     "key_column": ("--key-column", "the metadata column holding sample keys (default: the store's)"),
@@ -50,6 +53,10 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "chunk_rows": ("--chunk-rows", "rows read at a time: bounds memory"),
     "seed": ("--seed", "the seed of every random choice of the stage"),
     "seeds": ("--seeds", "training seeds per training set (seed, seed+1, ...): tables give the mean and 95% intervals over them"),
+    "task": ("--task", "what the domain classifier separates: 3-class, natural-v-rest or rendition-v-rest"),
+    "val_share": ("--val-share", "fraction of the labelled samples held out to choose the model"),
+    "target": ("--target", "the precision to certify"),
+    "confidence": ("--confidence", "the probability with which a certified bound holds"),
     # -- how much, how many ------------------------------------------------------------------------
     "k": ("--k", "neighbours per query"),
     "workers": ("--workers", "worker processes for the stage's data work (decoding, copying, generating); 0: in the main process"),

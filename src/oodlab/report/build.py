@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from oodlab.analysis._io import data_uri, new_figure
+from oodlab.utils.artifacts import data_uri, new_figure
 from oodlab.train.log import read_losses
 from oodlab.utils.atomic import read_json, write_text
 from oodlab.utils.errors import InputError

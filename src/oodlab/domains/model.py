@@ -1,0 +1,57 @@
+"""A domain classifier's artifacts, as the stages that use them read them: the head
+(``oodlab domains train``: ``head.json``) and its certified thresholds (``oodlab domains
+calibrate``: ``thresholds.json``). Both are JSON: nothing to unpickle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from oodlab.utils.atomic import read_json
+from oodlab.utils.errors import InputError
+
+HEAD = "head.json"
+THRESHOLDS = "thresholds.json"
+
+
+@dataclass(frozen=True)
+class DomainHead:
+    """A fitted head: ``softmax(x @ weights.T + bias)`` over ``classes``.
+
+    Attributes:
+        task: a key of :data:`oodlab.domains.labels.TASKS`.
+        classes: class names, in output order.
+        weights: float64 [C, d]; bias: float64 [C].
+    """
+
+    task: str
+    classes: tuple[str, ...]
+    weights: np.ndarray
+    bias: np.ndarray
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities, float64 [n, C] (rows sum to 1), for embeddings float [n, d]."""
+        z = np.asarray(x, np.float64) @ self.weights.T + self.bias
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "DomainHead":
+        """Read ``folder/head.json`` (an ``oodlab domains train`` output)."""
+        path = Path(folder) / HEAD
+        if not path.is_file():
+            raise InputError(path, "not found", "pass the output folder of `oodlab domains train`")
+        data = read_json(path)
+        return cls(data["task"], tuple(data["classes"]), np.array(data["weights"], np.float64),
+                   np.array(data["bias"], np.float64))
+
+
+def read_thresholds(folder: str | Path) -> dict[str, float | None]:
+    """Class -> certified threshold (None: not certified) from an ``oodlab domains calibrate`` folder."""
+    path = Path(folder) / THRESHOLDS
+    if not path.is_file():
+        raise InputError(path, "not found", "pass the output folder of `oodlab domains calibrate`")
+    return {name: c.get("threshold") for name, c in read_json(path)["classes"].items()}

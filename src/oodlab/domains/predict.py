@@ -1,0 +1,123 @@
+"""``oodlab domains predict``: every row of an embedding store through a domain head.
+
+One output part per store part, aligned row for row (``part_{suffix}.parquet``: key, ``p_{class}``
+per class, ``label`` = the argmax, and with calibrated thresholds ``label_strict`` = the class
+whose threshold the sample passes, the more probable if both, else ``unassigned``, the
+paper's "not assigned"). A part is
+written whole under a temporary name and renamed, so a killed run resumes at the first missing
+part; memory is bounded by ``chunk_rows``; every row is predicted (the reference code dropped each
+worker's last partial batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oodlab.domains.model import HEAD, THRESHOLDS, DomainHead, read_thresholds
+from oodlab.utils.atomic import write_parquet
+from oodlab.utils.errors import InputError
+from oodlab.utils.progress import Timer, summary
+from oodlab.utils.runs import RunFolder, fingerprint
+
+UNASSIGNED = "unassigned"
+
+
+def part_file(out: Path, suffix: str) -> Path:
+    """The prediction file of the store part with this suffix."""
+    return out / f"part_{suffix}.parquet"
+
+
+def strict_labels(proba: np.ndarray, classes: tuple[str, ...], thresholds: dict[str, float | None]) -> np.ndarray:
+    """Per row the class whose calibrated threshold it reaches (the more probable where several
+    do), else :data:`UNASSIGNED` (object [n])."""
+    passing = np.zeros_like(proba, bool)
+    for c, name in enumerate(classes):
+        t = thresholds.get(name)
+        if t is not None:
+            passing[:, c] = proba[:, c] >= t
+    masked = np.where(passing, proba, -1.0)
+    best = masked.argmax(axis=1)
+    names = np.array(classes, dtype=object)[best]
+    return np.where(passing.any(axis=1), names, UNASSIGNED)
+
+
+def domains_predict(
+    store: str | Path,
+    head: str | Path,
+    out: str | Path,
+    *,
+    thresholds: str | Path | None = None,
+    chunk_rows: int = 65536,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Predict the domain of every row of a store.
+
+    Args:
+        store: an embedding store (any clip-retrieval folder).
+        head: an ``oodlab domains train`` folder (the head must match the store's model).
+        out: output folder (``part_{suffix}.parquet`` per store part, ``manifest.json``).
+        thresholds: an ``oodlab domains calibrate`` folder: adds ``label_strict``.
+        chunk_rows: rows read at a time: bounds memory.
+        overwrite: start afresh instead of resuming (see :mod:`oodlab.utils.runs`).
+
+    Returns:
+        the manifest (``counts``: rows, and rows per label and strict label).
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from oodlab.embeddings.store import EmbeddingStore
+
+    model = DomainHead.load(head)
+    cut = None if thresholds is None else read_thresholds(thresholds)
+    source = EmbeddingStore(store)
+    if source.dim != model.weights.shape[1]:
+        raise InputError(store, f"has {source.dim}-d embeddings, the head expects {model.weights.shape[1]}",
+                         "use the head trained on this store's model")
+    run = RunFolder(out, "domains predict",
+                    inputs={"store": fingerprint(store), "head": fingerprint(Path(head) / HEAD),
+                            "thresholds": None if thresholds is None else fingerprint(Path(thresholds) / THRESHOLDS)},
+                    parameters={}, settings={"chunk_rows": chunk_rows}, reads=[store, head] + ([thresholds] if thresholds else []))
+    done = run.open(overwrite)
+    if done is not None:
+        return done
+    counts: dict[str, int] = {"rows": 0, "resumed_parts": 0}
+    with Timer() as timer:
+        for pi, part in enumerate(source.parts):
+            path = part_file(run.out, part.suffix)
+            if path.exists():  # renamed into place only when whole
+                counts["resumed_parts"] += 1
+                table = pq.read_table(path, columns=["label"] + (["label_strict"] if cut else []))
+            else:
+                columns: dict[str, list] = {"key": [], **{f"p_{c}": [] for c in model.classes}, "label": []}
+                if cut is not None:
+                    columns["label_strict"] = []
+                for chunk in source.iter_chunks(chunk_rows, parts=[pi]):
+                    proba = model.predict_proba(chunk.embeddings)
+                    columns["key"].append(chunk.keys.astype(str))
+                    for c, name in enumerate(model.classes):
+                        columns[f"p_{name}"].append(proba[:, c].astype(np.float32))
+                    columns["label"].append(np.array(model.classes, dtype=object)[proba.argmax(axis=1)])
+                    if cut is not None:
+                        columns["label_strict"].append(strict_labels(proba, model.classes, cut))
+                table = pa.table({name: pa.array(np.concatenate(parts) if parts else [], pa.float32() if name.startswith("p_")
+                                                 else pa.string()) for name, parts in columns.items()})
+                write_parquet(path, table)
+            counts["rows"] += table.num_rows
+            for column in ("label", "label_strict"):
+                if column in table.column_names:
+                    for name, n in zip(*np.unique(table.column(column).to_numpy(zero_copy_only=False).astype(str),
+                                                  return_counts=True)):
+                        counts[f"{column}:{name}"] = counts.get(f"{column}:{name}", 0) + int(n)
+    if counts["rows"] != source.count:
+        raise InputError(run.out, f"holds {counts['rows']} predictions for {source.count} store rows",
+                         "re-run with --overwrite")
+    manifest = run.finish(counts=counts, outputs={"parts": "part_{suffix}.parquet"}, task=model.task,
+                          classes=list(model.classes))
+    shares = ", ".join(f"{k.split(':', 1)[1]} {v / max(counts['rows'], 1):.1%}" for k, v in counts.items()
+                       if k.startswith("label_strict:" if cut else "label:"))
+    summary(f"domains predict: {counts['rows']:,} rows ({shares}) in {timer.seconds:.1f} s -> {run.out}")
+    return manifest
