@@ -5,6 +5,7 @@ against the world's ground truth, and predictions against a float64 softmax of t
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import scipy.stats as st
@@ -133,3 +134,30 @@ def test_labels_the_store_lacks_are_named(pool_store, tmp_path):
     write_labels(tmp_path / "bad.parquet", ["999999999", "888888888"], ["natural", "rendition"])
     with pytest.raises(InputError, match="does not hold"):
         domains_train(root / "pool", tmp_path / "bad.parquet", tmp_path / "head")
+
+
+def test_subset_and_composition_against_ground_truth(pool_store):
+    """Runs after the predict test (module order): the natural-only key list holds exactly the
+    rows predicted natural; the composition's estimated true rendition share contains the pool's
+    true share, from a labelled half of the pool."""
+    from oodlab.domains.compose import domains_compose
+    from oodlab.domains.select import domains_subset
+
+    root, truth = pool_store
+    out = root / "pred"
+    predicted = pd.concat([pq.read_table(p).to_pandas() for p in sorted(out.glob("part_*.parquet"))])
+    kept = domains_subset(out, root / "rendition-only", domain="rendition")
+    keys = pq.read_table(root / "rendition-only" / "kept.parquet").column("key").to_pylist()
+    assert keys == predicted.key[predicted.label_strict == "rendition"].tolist()
+    assert kept["counts"]["kept"] + kept["counts"]["removed"] == len(predicted)
+    label = np.where(truth.domain == "real", "natural", "rendition")
+    half = np.random.default_rng(2).permutation(len(truth))[: len(truth) // 2]
+    write_labels(root / "sample.parquet", truth.key[half].tolist(), label[half].tolist())
+    manifest = domains_compose({"pool": out}, root / "compose", labels=root / "sample.parquet")
+    rows = [r for r in manifest["rows"] if r["kind"] == "estimated true" and r["label"] == "rendition"]
+    true_share = (label == "rendition").mean()
+    for r in rows:
+        print(f"{r['labelling']}: estimated {r['share']:.3f} [{r['low']:.3f}, {r['high']:.3f}], true {true_share:.3f}")
+        assert r["low"] <= true_share <= r["high"]
+    naive = [r for r in manifest["rows"] if r["kind"] == "predicted" and r["labelling"] == "argmax" and r["label"] == "rendition"]
+    assert naive and (root / "compose" / "compose.md").read_text().count("| estimated true |") == 4

@@ -68,6 +68,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("domains train", "oodlab.domains.head:domains_train"),
     Command("domains calibrate", "oodlab.domains.calibrate:domains_calibrate"),
     Command("domains predict", "oodlab.domains.predict:domains_predict"),
+    Command("domains subset", "oodlab.domains.select:domains_subset"),
+    Command("domains compose", "oodlab.domains.compose:domains_compose"),
     Command("train", "oodlab.train.run:train"),
     Command("train-commands", "oodlab.train.launch:train_commands", _print_commands),
     Command("evaluate", "oodlab.evaluation.evaluate:evaluate"),

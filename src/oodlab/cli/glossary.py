@@ -37,6 +37,10 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "labels": ("--labels", "a label file: parquet or CSV with columns key and label (natural, rendition or ambiguous)"),
     "head": ("--head", "a domain classifier: the output folder of `oodlab domains train`"),
     "thresholds": ("--thresholds", "certified per-class thresholds: the output folder of `oodlab domains calibrate`"),
+    "datasets": ("--dataset", "NAME=FOLDER: a named dataset's domain predictions, the output of `oodlab domains predict` (repeat)"),
+    "domain_predictions": ("--domain-predictions", "domain predictions: the output folder of `oodlab domains predict`"),
+    "domain": ("--domain", "a domain: natural or rendition"),
+    "strict": ("--strict", "use the calibrated (strict) labels instead of the argmax"),
     # -- which part of an input ------------------------------------------------------------------
     "eval_sets": ("--eval-set", "the name of an eval set inside a neighbours folder (repeat; default: all)"),
     "key_column": ("--key-column", "the metadata column holding sample keys (default: the store's)"),

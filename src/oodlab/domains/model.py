@@ -1,6 +1,7 @@
 """A domain classifier's artifacts, as the stages that use them read them: the head
-(``oodlab domains train``: ``head.json``) and its certified thresholds (``oodlab domains
-calibrate``: ``thresholds.json``). Both are JSON: nothing to unpickle."""
+(``oodlab domains train``: ``head.json``), its certified thresholds (``oodlab domains
+calibrate``: ``thresholds.json``; both JSON: nothing to unpickle) and the prediction parts
+(``oodlab domains predict``)."""
 
 from __future__ import annotations
 
@@ -55,3 +56,11 @@ def read_thresholds(folder: str | Path) -> dict[str, float | None]:
     if not path.is_file():
         raise InputError(path, "not found", "pass the output folder of `oodlab domains calibrate`")
     return {name: c.get("threshold") for name, c in read_json(path)["classes"].items()}
+
+
+def prediction_parts(predictions: str | Path) -> list[Path]:
+    """The part files of an ``oodlab domains predict`` folder, in store order."""
+    folder = Path(predictions)
+    if not (folder / "manifest.json").is_file():
+        raise InputError(folder, "is not a finished `oodlab domains predict` run", "run or finish `oodlab domains predict`")
+    return sorted(folder.glob("part_*.parquet"))
