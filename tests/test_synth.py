@@ -325,3 +325,38 @@ def test_contact_sheet_and_world_json(tiny_world_seed0):
     assert sum(w["pool"]["domains"].values()) == 400
     assert len(w["pool"]["shards"]) >= 3
     assert json.loads((root / "world.json").read_text()) == json.loads(json.dumps(w))
+
+
+def test_ambiguous_and_opposite_domain_images_at_their_shares(tmp_path):
+    """A tiny world with 10% ambiguous images and 10% opposite-domain eval images: the ground
+    truth's style column follows the domains, the shares are within binomial noise of the knobs,
+    the eval images keep their class folders, and the tiny preset itself has none of either."""
+    from dataclasses import replace
+
+    from oodlab.data.synth.domains import AMBIGUOUS_DOMAINS, style_of
+
+    PRESETS["tiny-domains"] = replace(PRESETS["tiny"], name="tiny-domains", pool_size=1000, pool_shard_size=250,
+                                      eval_per_class=20, ambiguous_share=0.1, eval_opposite_share=0.1)
+    try:
+        synth(tmp_path / "w", preset="tiny-domains", seed=1, workers=0)
+    finally:
+        del PRESETS["tiny-domains"]
+    truth = pq.read_table(tmp_path / "w" / "ground_truth.parquet").to_pandas()
+    assert (truth["style"] == truth["domain"].map(style_of)).all()
+    pool = truth[truth.dataset == "pool"]
+    share = (pool["style"] == "ambiguous").mean()
+    assert abs(share - 0.1) <= 3 * np.sqrt(0.1 * 0.9 / len(pool)), share
+    assert set(pool.domain[pool["style"] == "ambiguous"]) == set(AMBIGUOUS_DOMAINS)
+    for name, intended in (("val", "natural"), ("sketch", "rendition")):
+        ev = truth[truth.dataset == f"eval/{name}"]
+        opposite = (ev["style"] == ("rendition" if intended == "natural" else "natural")).mean()
+        assert abs(opposite - 0.1) <= 3 * np.sqrt(0.1 * 0.9 / len(ev)), (name, opposite)
+        assert (ev["style"] == "ambiguous").any()
+        assert all(k.split("/")[0] == f"n{10_000_000 + c:08d}" for k, c in zip(ev.key, ev.class_index))
+
+
+def test_worlds_without_the_knobs_have_no_ambiguous_or_opposite_images(tiny_world_seed0):
+    truth = pq.read_table(tiny_world_seed0[0] / "ground_truth.parquet").to_pandas()
+    assert not (truth["style"] == "ambiguous").any()
+    ev = truth[truth.dataset.isin(["eval/val", "eval/v2", "eval/a", "eval/objectnet"])]
+    assert (ev["style"] == "natural").all() and (truth[truth.dataset == "eval/sketch"]["style"] == "rendition").all()

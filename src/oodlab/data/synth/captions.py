@@ -23,6 +23,8 @@ DOMAIN_TERMS: dict[str, tuple[str, str]] = {
     "quickdraw": ("quickdraw", "doodle"),
     "real": ("photo", "snapshot"),
     "sketch": ("sketch", "drawing"),
+    "drawing-photo": ("photo of a drawing", "drawing"),
+    "stylised-photo": ("stylised photo", "filtered photo"),
 }
 
 #: The article before a term (``{AAN}``), as in the ICML 2025 table: "art" takes none.

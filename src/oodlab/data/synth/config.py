@@ -20,6 +20,10 @@ class WorldConfig:
         domainnet_train_per_class, domainnet_test_per_class: images per class and domain of DomainNet.
         rendition_share: fraction of pool images drawn in a non-``real`` domain.
         rendition_domains: (domain, weight) mix of those renditions (None: evenly over the five).
+        ambiguous_share: fraction of pool and eval images drawn as ambiguous (a photo of a
+            drawing, a heavily stylised photo: ``AMBIGUOUS_DOMAINS``).
+        eval_opposite_share: fraction of each eval set's images drawn in the opposite kind of
+            domain (a rendition in a photo set, a photo in a rendition set).
         duplicate_share: planted near-duplicate copies, as a fraction of the pool.
         pool_internal_duplicate_share: fraction of the planted copies that copy a pool image (the rest copy
             eval images).
@@ -41,6 +45,8 @@ class WorldConfig:
     domainnet_test_per_class: int
     rendition_share: float = 0.2
     rendition_domains: tuple[tuple[str, float], ...] | None = None
+    ambiguous_share: float = 0.0
+    eval_opposite_share: float = 0.0
     duplicate_share: float = 0.03
     pool_internal_duplicate_share: float = 0.25
     noisy_caption_share: float = 0.1
@@ -107,5 +113,7 @@ PRESETS: dict[str, WorldConfig] = {
         rendition_share=0.06,
         rendition_domains=(("sketch", 0.6), ("clipart", 0.1), ("infograph", 0.1), ("painting", 0.1), ("quickdraw", 0.1)),
         duplicate_share=0.005,
+        ambiguous_share=0.02,
+        eval_opposite_share=0.05,
     ),
 }

@@ -28,6 +28,17 @@ from oodlab.data.synth.variants import VARIANTS, Variant
 DOMAIN_NAMES = ("clipart", "infograph", "painting", "quickdraw", "real", "sketch")
 #: The domains other than ``real``.
 RENDITION_DOMAINS = tuple(d for d in DOMAIN_NAMES if d != "real")
+#: Images a human would hesitate on (ICLR 2025's "ambiguous"): not DomainNet domains, drawn
+#: only where a world's ambiguous share asks for them.
+AMBIGUOUS_DOMAINS = ("drawing-photo", "stylised-photo")
+#: the three labels of the domain study: natural / rendition / ambiguous
+STYLES = ("natural", "rendition", "ambiguous")
+
+
+def style_of(domain: str) -> str:
+    """A domain's label in the domain study: ``real`` is natural, the ambiguous kinds ambiguous,
+    every other domain a rendition."""
+    return "natural" if domain == "real" else "ambiguous" if domain in AMBIGUOUS_DOMAINS else "rendition"
 
 BLACK = (20, 20, 20)
 #: Images are drawn on a canvas this many times larger than the output and reduced (anti-aliasing).
@@ -370,6 +381,34 @@ def render_infograph(scene: Scene, style: np.random.Generator, noise: np.random.
     return _reduce(img)
 
 
+def render_drawing_photo(scene: Scene, style: np.random.Generator, noise: np.random.Generator) -> Image.Image:
+    """A photo of a drawing: a sketch on a tilted sheet of paper lying in a photo-like scene."""
+    size = scene.size
+    ground = Image.fromarray(BACKGROUNDS[pick_weighted(style, scene.variant.backgrounds)](style, size))
+    sheet = render_sketch(scene, style, noise)
+    side = int(size * style.uniform(0.62, 0.8))
+    sheet = sheet.resize((side, side), Image.BILINEAR).rotate(float(style.normal(0.0, 12.0)), Image.BILINEAR,
+                                                               expand=True, fillcolor=(0, 0, 0))
+    mask = sheet.convert("L").point(lambda x: 255 if x > 0 else 0)
+    at = ((size - sheet.width) // 2 + int(style.integers(-3, 4)), (size - sheet.height) // 2 + int(style.integers(-3, 4)))
+    ImageDraw.Draw(ground, "RGBA").rectangle([at[0] + 2, at[1] + 2, at[0] + sheet.width + 1, at[1] + sheet.height + 1],
+                                             fill=(0, 0, 0, 60))
+    ground.paste(sheet, at, mask)
+    arr = np.asarray(ground, dtype=np.float32) * np.float32(style.uniform(0.8, 1.05))
+    arr += _noise(noise, arr.shape) * np.float32(style.uniform(2.0, 6.0))
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def render_stylised_photo(scene: Scene, style: np.random.Generator, noise: np.random.Generator) -> Image.Image:
+    """A heavily stylised photo: the photo, posterised to a few tones with darkened edges (a filter
+    that makes it look half drawn)."""
+    from PIL import ImageOps
+
+    img = ImageOps.posterize(render_real(scene, style, noise), int(style.integers(2, 4)))
+    edges = img.convert("L").filter(ImageFilter.FIND_EDGES).point(lambda x: 255 - min(255, 3 * x))
+    return ImageChops.multiply(img, Image.merge("RGB", (edges,) * 3))
+
+
 #: domain -> renderer.
 DOMAINS: dict[str, Renderer] = {
     "clipart": render_clipart,
@@ -378,6 +417,8 @@ DOMAINS: dict[str, Renderer] = {
     "quickdraw": render_quickdraw,
     "real": render_real,
     "sketch": render_sketch,
+    "drawing-photo": render_drawing_photo,
+    "stylised-photo": render_stylised_photo,
 }
 
 

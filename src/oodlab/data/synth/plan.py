@@ -17,7 +17,7 @@ from oodlab.data.shard_writer import make_key
 from oodlab.data.synth.captions import Caption, make_caption
 from oodlab.data.synth.classes import class_names
 from oodlab.data.synth.config import WorldConfig
-from oodlab.data.synth.domains import DOMAIN_NAMES, RENDITION_DOMAINS, ImageSpec
+from oodlab.data.synth.domains import AMBIGUOUS_DOMAINS, DOMAIN_NAMES, RENDITION_DOMAINS, ImageSpec
 from oodlab.data.synth.primitives import Pose, pick_weighted
 from oodlab.data.synth.variants import VARIANTS, Variant
 from oodlab.utils.hashing import stable_seed
@@ -262,13 +262,32 @@ class WorldPlan:
         if dataset == POOL:
             return self._fresh_pool_spec(rng)
         item = self.layouts[dataset].item(index)
-        return _draw_spec(rng, self.class_names, item.class_index, item.domain, item.variant,
-                          self.config.jpeg_quality)
+        return _draw_spec(rng, self.class_names, item.class_index, self.domain_of(dataset, index, item.domain),
+                          item.variant, self.config.jpeg_quality)
+
+    def domain_of(self, dataset: str, index: int, intended: str) -> str:
+        """The domain an eval image is drawn in: its set's (``intended``), or, for the world's
+        ``eval_opposite_share`` of them, the opposite kind (a rendition in a photo set, a photo in
+        a rendition set: the ~5% the ICLR 2025 paper found in the standard OOD test sets), or one
+        of the ambiguous kinds for ``ambiguous_share``. Decided by a hash of the image's index, so
+        the other images' random draws stay as they were."""
+        cfg = self.config
+        if not dataset.startswith("eval/") or (cfg.eval_opposite_share == 0 and cfg.ambiguous_share == 0):
+            return intended
+        u = (stable_seed(self.seed, "domain", dataset, index) % 1_000_003) / 1_000_003
+        if u < cfg.eval_opposite_share:
+            pick = stable_seed(self.seed, "opposite", dataset, index)
+            return RENDITION_DOMAINS[pick % len(RENDITION_DOMAINS)] if intended == "real" else "real"
+        if u < cfg.eval_opposite_share + cfg.ambiguous_share:
+            return AMBIGUOUS_DOMAINS[stable_seed(self.seed, "ambiguous", dataset, index) % len(AMBIGUOUS_DOMAINS)]
+        return intended
 
     def _fresh_pool_spec(self, rng: np.random.Generator) -> ImageSpec:
         cfg = self.config
         class_index = int(rng.integers(len(self.class_names)))
-        if rng.random() < cfg.rendition_share:
+        if cfg.ambiguous_share > 0 and rng.random() < cfg.ambiguous_share:  # no draw for worlds without
+            domain, variant = AMBIGUOUS_DOMAINS[int(rng.integers(len(AMBIGUOUS_DOMAINS)))], "standard"
+        elif rng.random() < cfg.rendition_share:
             domain = (RENDITION_DOMAINS[int(rng.integers(len(RENDITION_DOMAINS)))] if cfg.rendition_domains is None
                       else pick_weighted(rng, cfg.rendition_domains))
             variant = "standard"

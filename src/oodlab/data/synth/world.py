@@ -33,7 +33,7 @@ from oodlab.data.synth.captions import (
 from oodlab.data.synth.classes import CLASSES
 from oodlab.data.synth.config import PRESETS, WorldConfig
 from oodlab.data.synth.contact_sheet import write_contact_sheet
-from oodlab.data.synth.domains import DOMAIN_NAMES, DOMAINS, encode_jpeg, render
+from oodlab.data.synth.domains import AMBIGUOUS_DOMAINS, DOMAIN_NAMES, DOMAINS, encode_jpeg, render, style_of
 from oodlab.data.synth.plan import (
     DOMAINNET,
     EVAL_SETS,
@@ -83,6 +83,7 @@ GROUND_TRUTH_COLUMNS = (
     "class_name",
     "class_index",
     "domain",
+    "style",
     "split",
     "near_duplicate_dataset",
     "near_duplicate_key",
@@ -98,7 +99,9 @@ def _ground_truth_schema():
 
 
 def _ground_truth_row(**fields: Any) -> dict[str, Any]:
-    """A ground-truth row from the fields given (others null; extra fields ignored)."""
+    """A ground-truth row from the fields given (others null; extra fields ignored); ``style`` is
+    the domain's label in the domain study (natural / rendition / ambiguous)."""
+    fields["style"] = style_of(fields["domain"])
     return {c: fields.get(c) for c in GROUND_TRUTH_COLUMNS}
 
 
@@ -171,7 +174,7 @@ def _write_folder_chunk(plan: WorldPlan, root: Path, task: Task) -> list[dict[st
             made.add(path.parent)
         path.write_bytes(encode_jpeg(render(spec, plan.config.image_size), spec.quality))
         rows.append(_ground_truth_row(dataset=task.dataset, key=item.key, class_name=spec.class_name,
-                                      class_index=item.class_index, domain=item.domain, split=item.split,
+                                      class_index=item.class_index, domain=spec.domain, split=item.split,
                                       duplicate_group=plan.group_of(task.dataset, i)))
     return rows
 
@@ -262,7 +265,9 @@ def _world_json(plan: WorldPlan, counts: Counter, pool_domains: Counter) -> dict
             "shards": [f"{s:05d}.tar" for s in range(n_shards)],
             "shard_size": cfg.pool_shard_size,
             "count": counts[POOL],
-            "domains": {d: pool_domains[d] for d in DOMAIN_NAMES},
+            "domains": {d: pool_domains[d] for d in (*DOMAIN_NAMES, *AMBIGUOUS_DOMAINS)},
+            "ambiguous_share": cfg.ambiguous_share,
+            "eval_opposite_share": cfg.eval_opposite_share,
             "rendition_share": cfg.rendition_share,
         },
         "duplicates": {
