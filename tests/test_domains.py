@@ -161,3 +161,45 @@ def test_subset_and_composition_against_ground_truth(pool_store):
         assert r["low"] <= true_share <= r["high"]
     naive = [r for r in manifest["rows"] if r["kind"] == "predicted" and r["labelling"] == "argmax" and r["label"] == "rendition"]
     assert naive and (root / "compose" / "compose.md").read_text().count("| estimated true |") == 4
+
+
+def test_keywords_match_whole_words_only():
+    from oodlab.domains.keywords import match_captions
+
+    captions = ["paintball in the park", "Sketchers running shoes", "a hand-drawn map of the town",
+                "A SKETCH of a cat", "a sketchy neighbourhood", "clip art of a dog", "an artist at work",
+                "two paintings.", None, "the drawn curtains"]
+    assert match_captions(captions) == [None, None, "hand-drawn", "sketch", None, "clip art", None, "paintings",
+                                        None, "drawn"]
+    assert match_captions(["Paintball"], ["paint"]) == [None] and match_captions(["paint-ball"], ["paint"]) == ["paint"]
+
+
+def _hand_made_predictions(folder, rows):
+    import pyarrow as pa
+
+    folder.mkdir(parents=True)
+    pq.write_table(pa.table({"key": [k for k, _ in rows], "label": [x for _, x in rows],
+                             "label_strict": [x for _, x in rows]}), folder / "part_0.parquet")
+    (folder / "manifest.json").write_text("{}")
+
+
+def test_clean_keeps_the_intended_domain_and_the_classes_that_remain(tmp_path):
+    from oodlab.domains.clean import domains_clean
+
+    root = tmp_path / "sketch"
+    rows = [("n1/a.jpg", "rendition"), ("n1/b.jpg", "natural"), ("n1/c.jpg", "rendition"),
+            ("n2/a.jpg", "natural"), ("n2/b.jpg", "unassigned")]
+    for key, _ in rows:
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(key.encode())
+    _hand_made_predictions(tmp_path / "pred", rows)
+    manifest = domains_clean({"sketch": root}, {"sketch": tmp_path / "pred"}, tmp_path / "clean")
+    out = tmp_path / "clean" / "sketch"
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*.jpg")) == ["n1/a.jpg", "n1/c.jpg"]
+    assert (out / "n1" / "a.jpg").read_bytes() == b"n1/a.jpg"
+    assert manifest["counts"]["sketch"] == {"kept": 2, "removed": 3, "intended": "rendition", "classes_before": 2,
+                                            "classes_after": 1}
+    removed = pq.read_table(tmp_path / "clean" / "removed_sketch.parquet").to_pandas()
+    assert removed.key.tolist() == ["n1/b.jpg", "n2/a.jpg", "n2/b.jpg"]
+    with pytest.raises(InputError, match="intended domain"):
+        domains_clean({"mystery": root}, {"mystery": tmp_path / "pred"}, tmp_path / "c2")

@@ -70,6 +70,8 @@ COMMANDS: tuple[Command, ...] = (
     Command("domains predict", "oodlab.domains.predict:domains_predict"),
     Command("domains subset", "oodlab.domains.select:domains_subset"),
     Command("domains compose", "oodlab.domains.compose:domains_compose"),
+    Command("domains clean", "oodlab.domains.clean:domains_clean"),
+    Command("domains keywords", "oodlab.domains.keywords:domains_keywords"),
     Command("train", "oodlab.train.run:train"),
     Command("train-commands", "oodlab.train.launch:train_commands", _print_commands),
     Command("evaluate", "oodlab.evaluation.evaluate:evaluate"),

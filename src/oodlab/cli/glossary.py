@@ -41,6 +41,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "domain_predictions": ("--domain-predictions", "domain predictions: the output folder of `oodlab domains predict`"),
     "domain": ("--domain", "a domain: natural or rendition"),
     "strict": ("--strict", "use the calibrated (strict) labels instead of the argmax"),
+    "words": ("--word", "a domain word matched as a whole word in captions (repeat; default: the built-in list)"),
     # -- which part of an input ------------------------------------------------------------------
     "eval_sets": ("--eval-set", "the name of an eval set inside a neighbours folder (repeat; default: all)"),
     "key_column": ("--key-column", "the metadata column holding sample keys (default: the store's)"),

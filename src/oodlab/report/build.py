@@ -156,6 +156,19 @@ def _experiment_tables(page: Page) -> str | None:
         f'{page.link(folder / "manifest.json", "experiment manifest")}</p>')
 
 
+def _domains(page: Page) -> str | None:
+    folder = page.folder / "domains"
+    files = [f for f in (folder / "composition" / "compose.md", folder / "checks.md") if f.is_file()]
+    if not files:
+        return None
+    curves = sorted((folder / "calibration").glob("curve_*.png"))
+    return ("\n".join(_md_file(page, f) for f in files)
+            + "".join(_figure(c, c.stem.replace("curve_", "") + ": precision vs recall on the calibration sample")
+                      for c in curves)
+            + f'<p class="note">{page.link(folder / "calibration" / "thresholds.json")} · '
+              f'{page.link(folder / "head" / "head.json")} · {page.link(folder / "composition" / "compose.csv")}</p>')
+
+
 def _accuracy(page: Page) -> str | None:
     figures = sorted((page.folder / "experiment" / "accuracy").glob("*/accuracy.png"))
     if not figures:
@@ -208,6 +221,7 @@ SECTIONS: dict[str, Callable[[Page], str | None]] = {
     "Nearest neighbours": _gallery,
     "ICLR 2024: pruning by similarity": _experiment_tables,
     "Accuracy vs similarity": _accuracy,
+    "ICLR 2025: natural, rendition, ambiguous": _domains,
     "Training runs": _loss_curves,
     "Artifacts and manifests": _artifacts,
 }
