@@ -28,8 +28,9 @@ def test_clopper_pearson_matches_scipys_exact_interval():
 
 
 def test_zero_errors_need_149_positives_for_098():
+    """149 = the fewest that can certify; the grid starts at twice that (298)."""
     assert min_positives(0.98, 0.95) == 149  # 0.98 ** 149 = 0.0495 <= 0.05 < 0.98 ** 148
-    for n, certified in ((148, False), (149, True)):
+    for n, certified in ((140, False), (298, True)):
         scores = np.r_[np.linspace(1.0, 0.9, n), np.linspace(0.5, 0.1, 50)]
         positive = np.r_[np.ones(n, bool), np.zeros(50, bool)]
         curve = precision_curve(scores, positive, 0.98, 0.95)
@@ -61,8 +62,11 @@ def test_calibration_guarantee_holds_by_simulation():
         if len(chosen):
             certified += 1
             violations += _true_precision(chosen.threshold.iloc[-1]) < target
-        naive = curve[curve.precision >= target]
-        naive_violations += len(naive) > 0 and _true_precision(naive.threshold.iloc[-1]) < target
+        # the plain scan: the loosest of all distinct scores whose sample precision reaches the target
+        order = np.argsort(-scores)
+        precision = np.cumsum(positive[order]) / np.arange(1, len(scores) + 1)
+        reach = np.flatnonzero(precision >= target)
+        naive_violations += len(reach) > 0 and _true_precision(scores[order][reach[-1]]) < target
     alpha = 1 - confidence
     assert violations / sims <= alpha + 3 * np.sqrt(alpha * (1 - alpha) / sims)
     assert certified >= 0.95 * sims  # the guarantee is not bought by never certifying
@@ -157,8 +161,11 @@ def test_subset_and_composition_against_ground_truth(pool_store):
     rows = [r for r in manifest["rows"] if r["kind"] == "estimated true" and r["label"] == "rendition"]
     true_share = (label == "rendition").mean()
     for r in rows:
-        print(f"{r['labelling']}: estimated {r['share']:.3f} [{r['low']:.3f}, {r['high']:.3f}], true {true_share:.3f}")
-        assert r["low"] <= true_share <= r["high"]
+        print(f"{r['labelling']}: estimated {r['share']} [{r['low']}, {r['high']}], true {true_share:.3f}")
+        if r["labelling"] == "argmax":
+            assert r["low"] <= true_share <= r["high"]
+        else:  # with no class certified the strict labels are all "unassigned": not identifiable
+            assert r["share"] is None or r["low"] <= true_share <= r["high"]
     naive = [r for r in manifest["rows"] if r["kind"] == "predicted" and r["labelling"] == "argmax" and r["label"] == "rendition"]
     assert naive and (root / "compose" / "compose.md").read_text().count("| estimated true |") == 4
 

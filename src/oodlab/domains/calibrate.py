@@ -2,15 +2,18 @@
 
 Precision depends on the base rate, so the thresholds are set on a labelled sample of the
 *target distribution* (e.g. drawn at random from the pool), never on the balanced training set.
-For each selecting class c (natural, rendition) the candidate thresholds are the sample's scores
-``p_c`` from strict to loose, and each is a hypothesis test of ``precision(lambda) < target``:
-its p-value is ``P(Binomial(n, target) >= k)`` for the n samples scoring at least lambda, k of
-them truly c (a one-sided exact test; it rejects exactly when the Clopper-Pearson lower bound at
-``confidence`` is at least the target). The scan is a multiple test, controlled by Learn-then-
-Test fixed-sequence testing (Angelopoulos et al. 2021): walk from strict to loose and stop at the
-first threshold not rejected; the loosest rejected one is chosen, and then
-``P(precision(chosen) < target) <= 1 - confidence`` over calibration samples. The sequence starts
-where n reaches :func:`min_positives` (below it not even zero errors can certify the target).
+For each selecting class c (natural, rendition) each candidate threshold lambda is a hypothesis
+test of ``precision(lambda) < target``: its p-value is ``P(Binomial(n, target) >= k)`` for the n
+samples scoring at least lambda, k of them truly c (a one-sided exact test; it rejects exactly
+when the Clopper-Pearson lower bound at ``confidence`` is at least the target). The scan is a
+multiple test, controlled by Learn-then-Test fixed-sequence testing (Angelopoulos et al. 2021):
+walk from strict to loose and stop at the first threshold not rejected; the loosest rejected one
+is chosen, and then ``P(precision(chosen) < target) <= 1 - confidence`` over calibration samples.
+The candidates are fixed before any label is read: :data:`GRID` thresholds at the scores where n
+(samples at or above) grows geometrically from twice :func:`min_positives` (below which not even
+zero errors certify the target) to the whole sample. Every distinct score as a candidate would be
+valid too, but the walk would stop at the first strict threshold with a single error (measured:
+a natural class at 99.3% precision over 3,000 samples went uncertified).
 
 Outputs under ``OUT``::
 
@@ -39,6 +42,10 @@ from oodlab.utils.errors import InputError
 from oodlab.utils.progress import summary
 from oodlab.utils.runs import RunFolder, fingerprint
 
+#: candidate thresholds per class
+GRID = 24
+
+
 def min_positives(target: float, confidence: float) -> int:
     """The fewest predicted positives that can certify ``precision >= target`` at ``confidence``:
     with zero errors the p-value is ``target ** n``, so n >= log(1 - confidence) / log(target)
@@ -57,16 +64,16 @@ def clopper_pearson_low(correct: np.ndarray, n: np.ndarray, confidence: float) -
 
 
 def precision_curve(scores: np.ndarray, positive: np.ndarray, target: float, confidence: float) -> Any:
-    """The fixed-sequence scan of one class.
+    """The fixed-sequence scan of one class over the candidate grid.
 
     Args:
         scores: float [m], the class's probability for each calibration sample.
         positive: bool [m], whether the sample truly is of the class.
 
     Returns:
-        pandas DataFrame from strict to loose, one row per distinct score with n >= the minimum:
-        threshold, n (samples scoring >= it), correct, precision, cp_low, recall, p_value,
-        rejected (True up to the first p-value above 1 - confidence, False after).
+        pandas DataFrame from strict to loose, one row per candidate threshold: threshold, n
+        (samples scoring >= it), correct, precision, cp_low, recall, p_value, rejected (True up
+        to the first p-value above 1 - confidence, False after).
     """
     import pandas as pd
     from scipy.stats import binom
@@ -76,8 +83,12 @@ def precision_curve(scores: np.ndarray, positive: np.ndarray, target: float, con
     last = np.r_[s[1:] != s[:-1], True]  # the last row of each run of tied scores
     n = np.arange(1, len(s) + 1)[last]
     k = np.cumsum(pos)[last]
-    keep = n >= min_positives(target, confidence)
-    n, k, thr = n[keep], k[keep], s[last][keep]
+    start = 2 * min_positives(target, confidence)
+    wanted = np.unique(np.geomspace(start, max(len(s), start), GRID).round()) if len(s) >= start else np.zeros(0)
+    # the strictest distinct score whose n reaches each wanted count (ties make n jump)
+    pick = np.unique(np.searchsorted(n, wanted[wanted <= len(s)]))
+    pick = pick[pick < len(n)]
+    n, k, thr = n[pick], k[pick], s[last][pick]
     p_value = binom.sf(k - 1, n, target)
     rejected = np.cumprod(p_value <= 1 - confidence).astype(bool)
     total = max(int(pos.sum()), 1)
@@ -143,9 +154,9 @@ def domains_calibrate(
         else:
             need = min_positives(target, confidence)
             result[name] = {"threshold": None, "certified": False, "positives": int((y == c).sum()),
-                            "why": f"no threshold certifies precision >= {target} at {confidence:.0%}: that needs at "
-                                   f"least {need} predicted {name} samples with (almost) no errors; label a larger "
-                                   "calibration sample"}
+                            "why": f"no threshold certifies precision >= {target} at {confidence:.0%}: the first "
+                                   f"candidate holds the {2 * need} top-scored samples (zero errors need {need}), and "
+                                   "they hold too many errors; label a larger calibration sample or train a better head"}
             lines.append(f"{name}: not certified")
         _plot(curve, name, result[name], target, run.out / f"curve_{name}.png")
     write_json(run.out / THRESHOLDS, {"task": model.task, "target": target, "confidence": confidence,

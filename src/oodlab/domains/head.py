@@ -1,7 +1,8 @@
 """``oodlab domains train``: a natural / rendition / ambiguous classifier on stored embeddings.
 
 The way web-scale curation classifies: embed once, then a linear head (multinomial logistic
-regression, scikit-learn) on the L2-normalised image embeddings. The regularisation strength is
+regression, scikit-learn) on the L2-normalised image embeddings. (Balanced class weights were
+tried on the laion world: validation accuracy fell from 0.95 to 0.91 and no class certified.) The regularisation strength is
 chosen on a stratified validation split by log-loss; the head is fitted on the training split
 only, so the validation numbers recorded stay honest. The head is saved as JSON (weights as
 numbers: nothing to unpickle)::
