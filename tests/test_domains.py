@@ -210,3 +210,31 @@ def test_clean_keeps_the_intended_domain_and_the_classes_that_remain(tmp_path):
     assert removed.key.tolist() == ["n1/b.jpg", "n2/a.jpg", "n2/b.jpg"]
     with pytest.raises(InputError, match="intended domain"):
         domains_clean({"mystery": root}, {"mystery": tmp_path / "pred"}, tmp_path / "c2")
+
+
+def test_mixtures_have_exact_counts_nested_draws_and_controls(tmp_path):
+    import pyarrow as pa
+
+    from oodlab.domains.mix import domains_mix
+
+    nat, ren = [f"n{i:04d}" for i in range(300)], [f"r{i:04d}" for i in range(100)]
+    pq.write_table(pa.table({"key": nat}), tmp_path / "nat.parquet")
+    pq.write_table(pa.table({"key": ren}), tmp_path / "ren.parquet")
+    m = domains_mix(tmp_path / "nat.parquet", tmp_path / "ren.parquet", tmp_path / "mix", total=120,
+                    ratios=["1:3", "1:1", "3:1"], additions=[10, 40], seed=3)
+    keys = {name: set(pq.read_table(tmp_path / "mix" / name / "kept.parquet").column("key").to_pylist())
+            for name in m["mixtures"]}
+    for name, (n_nat, n_ren) in {"mix-a-1to3": (90, 30), "mix-a-1to1": (60, 60), "mix-a-3to1": (30, 90),
+                                 "mix-b-plus10": (120, 10), "mix-b-plus40": (120, 40)}.items():
+        got = keys[name]
+        assert (sum(k[0] == "n" for k in got), sum(k[0] == "r" for k in got)) == (n_nat, n_ren), name
+        assert m["mixtures"][name] == {"natural": n_nat, "rendition": n_ren, "total": n_nat + n_ren}
+        assert len(keys[f"{name}-random"]) == n_nat + n_ren
+    assert {k for k in keys["mix-a-1to3"] if k[0] == "r"} <= keys["mix-a-1to1"]  # nested renditions
+    assert keys["mix-b-plus10"] <= keys["mix-b-plus40"]
+    again = domains_mix(tmp_path / "nat.parquet", tmp_path / "ren.parquet", tmp_path / "mix2", total=120,
+                        ratios=["1:3", "1:1", "3:1"], additions=[10, 40], seed=3)
+    assert again["mixtures"] == m["mixtures"]
+    assert (tmp_path / "mix" / "mix-a-1to1" / "kept.parquet").read_bytes() == (tmp_path / "mix2" / "mix-a-1to1" / "kept.parquet").read_bytes()
+    with pytest.raises(InputError, match="needs 500"):
+        domains_mix(tmp_path / "nat.parquet", tmp_path / "ren.parquet", tmp_path / "mix3", additions=[500])

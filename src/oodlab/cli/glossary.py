@@ -42,6 +42,11 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "domain": ("--domain", "a domain: natural or rendition"),
     "strict": ("--strict", "use the calibrated (strict) labels instead of the argmax"),
     "words": ("--word", "a domain word matched as a whole word in captions (repeat; default: the built-in list)"),
+    "natural": ("--natural", "a key list of natural samples (from `oodlab domains subset --domain natural`)"),
+    "rendition": ("--rendition", "a key list of renditions (from `oodlab domains subset --domain rendition`)"),
+    "total": ("--total", "the fixed size of each ratio mixture (and of the natural set of the added-renditions mixtures)"),
+    "ratios": ("--ratio", "a rendition:natural ratio of a fixed-size mixture, e.g. 1:1 (repeat)"),
+    "additions": ("--addition", "a number of renditions added to the natural set, one mixture each (repeat)"),
     # -- which part of an input ------------------------------------------------------------------
     "eval_sets": ("--eval-set", "the name of an eval set inside a neighbours folder (repeat; default: all)"),
     "key_column": ("--key-column", "the metadata column holding sample keys (default: the store's)"),
