@@ -33,8 +33,12 @@ class DomainHead:
     bias: np.ndarray
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities, float64 [n, C] (rows sum to 1), for embeddings float [n, d]."""
-        z = np.asarray(x, np.float64) @ self.weights.T + self.bias
+        """Class probabilities, float64 [n, C] (rows sum to 1), for embeddings float [n, d].
+
+        The logits are a float32 product (the stored rows are float16 or float32: float64 would
+        only copy them; the logits' error, ~1e-6 for unit rows, is far below any threshold's
+        resolution), the softmax is float64."""
+        z = (np.asarray(x, np.float32) @ self.weights.T.astype(np.float32)).astype(np.float64) + self.bias
         z -= z.max(axis=1, keepdims=True)
         e = np.exp(z)
         return e / e.sum(axis=1, keepdims=True)
