@@ -70,7 +70,10 @@ def test_report_renders_in_headless_chromium(demo_folder):
     assert len(images) >= 5, images  # contact sheet, gap histograms, gallery, accuracy, loss curves
     assert all(complete and width > 0 for complete, width, _ in images), [alt for c, w, alt in images if not (c and w)]
     for table in ("experiment/pruned.md", "experiment/table.md", "experiment/claims.md",
-                  "domains/composition/compose.md", "domains/checks.md"):
+                  "domains/composition/compose.md", "domains/checks.md", "domains/experiment/table.md",
+                  "domains/experiment/claims.md"):
+        if not (out / table).exists():  # the domain experiment needs ambiguous images; the tiny world has none
+            continue
         for row in _md_rows(out / table):
             for cell in row:
                 assert cell.strip("*") in cells, f"{table}: cell {cell!r} not on the page"

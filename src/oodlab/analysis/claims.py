@@ -40,11 +40,33 @@ def verdict(interval: Interval, sign: int) -> str:
     return "holds" if low > 0 else "fails" if high < 0 else "inconclusive"
 
 
+def within(bound: float) -> Callable[[Interval], str]:
+    """The verdict of "the statistic is within +-bound" (an equivalence claim): holds when the
+    whole interval is inside, fails when it lies wholly outside, else inconclusive."""
+    def judge(interval: Interval) -> str:
+        if math.isnan(interval.low) or math.isnan(interval.high):
+            return "inconclusive"
+        if -bound <= interval.low and interval.high <= bound:
+            return "holds"
+        return "fails" if interval.low > bound or interval.high < -bound else "inconclusive"
+    return judge
+
+
+def at_least(level: float) -> Callable[[Interval], str]:
+    """The verdict of "the statistic exceeds ``level``": the interval above / below / across it."""
+    def judge(interval: Interval) -> str:
+        shifted = Interval(interval.estimate - level, interval.low - level, interval.high - level)
+        return verdict(shifted, +1)
+    return judge
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A claim: its wording, the statistic that tests it, its predicted sign, how it is computed.
+    """A claim: its wording, the statistic that tests it, what it predicts, how it is computed.
 
-    ``test`` maps the outcomes to (scope, interval) pairs: one per eval set, or one for all.
+    ``test`` maps the outcomes to (scope, interval) pairs: one per eval set, or one for all;
+    ``judge`` turns an interval into a verdict (default: the sign ``sign`` predicts);
+    ``predicted`` says what the claim predicts in the table (default: from the sign).
     """
 
     text: str
@@ -52,6 +74,9 @@ class Claim:
     sign: int
     needs: tuple[str, ...]
     test: Callable[[Any], list[tuple[str, Interval]]]
+    judge: Callable[[Interval], str] | None = None
+    predicted: str | None = None
+    scale: str = "points"
 
 
 def _trend(outcomes: Any) -> list[tuple[str, Interval]]:
@@ -70,7 +95,7 @@ def _versus(a: str, b: str) -> Callable[[Any], list[tuple[str, Interval]]]:
 CLAIMS: dict[str, Claim] = {
     "accuracy-rises-with-similarity": Claim(
         "accuracy rises with nearest-neighbour similarity to the pool", "Spearman rho(similarity, correct), full pool",
-        +1, ("full",), _trend),
+        +1, ("full",), _trend, scale="rho"),
     "near-hurts-more-than-random": Claim(
         "near pruning hurts more than random pruning of the same size", "top-1 near-pruned - random (points)",
         -1, ("near-pruned", "random"), _versus("near-pruned", "random")),
@@ -84,28 +109,33 @@ CLAIMS: dict[str, Claim] = {
 }
 
 
-def claims_table(outcomes: Any, out: str | Path | None = None) -> dict[str, Any]:
+def claims_table(outcomes: Any, out: str | Path | None = None, *, claims: dict[str, Claim] | None = None,
+                 paper: str = "ICLR 2024") -> dict[str, Any]:
     """Test every claim whose training sets the outcomes hold; with ``out``, write ``claims.md``
     and ``claims.csv`` there.
 
     Args:
         outcomes: an :class:`oodlab.experiments.outcomes.Outcomes`.
         out: folder for the two files (None: only return them).
+        claims: the registry (default: ICLR 2024's :data:`CLAIMS`).
+        paper: named in the table's title.
 
     Returns:
         ``rows``: per claim and scope: claim id, text, scope, statistic, estimate, low, high
         (rho, or differences as fractions), predicted sign, verdict; ``markdown``: the table.
     """
     rows = []
-    for cid, claim in CLAIMS.items():
+    for cid, claim in (CLAIMS if claims is None else claims).items():
         if not all(n in outcomes.rows for n in claim.needs):
             continue
         for scope, interval in claim.test(outcomes):
             rows.append({"claim": cid, "text": claim.text, "scope": scope, "statistic": claim.statistic,
                          "estimate": finite(interval.estimate), "low": finite(interval.low),
-                         "high": finite(interval.high), "predicted": "> 0" if claim.sign > 0 else "< 0",
-                         "verdict": verdict(interval, claim.sign)})
-    markdown = _markdown(rows, len(outcomes.seeds))
+                         "high": finite(interval.high),
+                         "predicted": claim.predicted or ("> 0" if claim.sign > 0 else "< 0"),
+                         "verdict": claim.judge(interval) if claim.judge else verdict(interval, claim.sign),
+                         "scale": claim.scale})
+    markdown = _markdown(rows, len(outcomes.seeds), paper)
     if out is not None:
         write_text(Path(out) / "claims.md", markdown)
         write_text(Path(out) / "claims.csv", _csv(rows))
@@ -116,12 +146,12 @@ def _scaled(row: dict[str, Any], key: str) -> str:
     x = row[key]
     if x is None:
         return "n/a"
-    return f"{x:+.3f}" if row["statistic"].startswith("Spearman") else f"{100 * x:+.1f}"
+    return f"{100 * x:+.1f}" if row["scale"] == "points" else f"{x:+.3f}"
 
 
-def _markdown(rows: list[dict[str, Any]], n_seeds: int) -> str:
+def _markdown(rows: list[dict[str, Any]], n_seeds: int, paper: str) -> str:
     pct = round(100 * CONFIDENCE)
-    lines = [f"Claims of ICLR 2024 tested on this experiment ({n_seeds} seed(s); {pct}% intervals; verdicts "
+    lines = [f"Claims of {paper} tested on this experiment ({n_seeds} seed(s); {pct}% intervals; verdicts "
              "computed from the outputs)", "",
              f"| Claim | On | Statistic | Estimate | {pct}% interval | Predicted | Verdict |",
              "|---|---|---|---:|---:|:---:|---|"]
@@ -137,7 +167,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["claim", "text", "scope", "statistic", "estimate", "low", "high",
-                                                "predicted", "verdict"], lineterminator="\n")
+                                                "predicted", "verdict", "scale"], lineterminator="\n")
     writer.writeheader()
     writer.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
     return buffer.getvalue()

@@ -81,6 +81,57 @@ def _check_pair(a: np.ndarray, b: np.ndarray, name: str) -> tuple[np.ndarray, np
     return a, b
 
 
+def paired_accuracies(
+    rows: Sequence[Sequence[np.ndarray]],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean accuracy over eval sets and seeds of several training sets, and its two-level paired
+    bootstrap replicates.
+
+    Each replicate draws S seeds with replacement (the same draw for every eval set and every
+    row: a seed is one training run per row) and, per eval set, n test samples with replacement
+    (the same draw for every row: the pairing).
+
+    Args:
+        rows: ``rows[r][e]``: correctness float/bool [S, n_e] of training set r on eval set e.
+
+    Returns:
+        (point float64 [R], replicates float64 [B, R]): fractions in [0, 1].
+    """
+    arrays = [[np.asarray(x, np.float64) for x in row] for row in rows]
+    if not arrays or not arrays[0]:
+        raise InputError(None, "no training sets or eval sets to compare", None)
+    shapes = {tuple(x.shape for x in row) for row in arrays}
+    if len(shapes) != 1 or any(len(sh) != 2 or sh[1] == 0 for sh in next(iter(shapes))):
+        raise InputError(None, f"correctness arrays must be [seeds, samples] of one shape per eval set, got {shapes}",
+                         "evaluate every training set with the same seeds and test sets")
+    seed_counts = {x.shape[0] for x in arrays[0]}
+    if len(seed_counts) != 1:
+        raise InputError(None, f"eval sets have different seed counts {sorted(seed_counts)}", "evaluate every seed on every eval set")
+    n_seeds, n_sets = seed_counts.pop(), len(arrays[0])
+    rng = np.random.default_rng(seed)
+    seed_draw = rng.integers(0, n_seeds, size=(resamples, n_seeds))  # [B, S], shared by sets and rows
+    point = np.array([np.mean([x.mean() for x in row]) for row in arrays])
+    boot = np.zeros((resamples, len(arrays)))
+    for e in range(n_sets):
+        n = arrays[0][e].shape[1]
+        # a resample of the samples as multinomial counts: an accuracy is a dot product, so all
+        # replicates are one [S, n] x [n, B] product instead of B fancy-indexing passes
+        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).T.astype(np.float64)  # [n, B]
+        for r, row in enumerate(arrays):
+            per_seed = row[e] @ counts / n  # [S, B]
+            boot[:, r] += per_seed[seed_draw, np.arange(resamples)[:, None]].mean(axis=1)
+    return point, boot / n_sets
+
+
+def _percentile_interval(estimate: float, boot: np.ndarray, confidence: float) -> Interval:
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.nanpercentile(boot, [tail, 100 - tail])
+    return Interval(float(estimate), float(low), float(high))
+
+
 def paired_difference(
     a: Sequence[np.ndarray] | np.ndarray,
     b: Sequence[np.ndarray] | np.ndarray,
@@ -89,12 +140,8 @@ def paired_difference(
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> Interval:
-    """Accuracy of A minus accuracy of B, averaged over eval sets and seeds, with a two-level
-    percentile bootstrap interval.
-
-    Each replicate draws S seeds with replacement (the same draw for every eval set: a seed is one
-    training run evaluated on all of them) and, per eval set, n test samples with replacement (the
-    same draw for A and B: the pairing), and recomputes ``mean_e mean_s (acc_A - acc_B)``.
+    """Accuracy of A minus accuracy of B, averaged over eval sets and seeds, with the two-level
+    percentile bootstrap interval of :func:`paired_accuracies`.
 
     Args:
         a, b: per eval set, correctness float/bool [S, n_e] (row s: seed s, the same seed for A
@@ -109,31 +156,39 @@ def paired_difference(
     """
     if isinstance(a, np.ndarray) and a.ndim == 2:
         a, b = [a], [b]
-    pairs = [_check_pair(x, y, str(i)) for i, (x, y) in enumerate(zip(a, b, strict=True))]
-    if not pairs:
-        raise InputError(None, "no eval sets to compare", None)
-    seeds = {x.shape[0] for x, _ in pairs}
-    if len(seeds) != 1:
-        raise InputError(None, f"eval sets have different seed counts {sorted(seeds)}", "evaluate every seed on every eval set")
-    n_seeds = seeds.pop()
-    rng = np.random.default_rng(seed)
-    # seed draws shared by the eval sets: [B, S] indices (S = 1: the one seed, no seed variation)
-    seed_draw = rng.integers(0, n_seeds, size=(resamples, n_seeds))
-    estimate, boot = 0.0, np.zeros(resamples)
-    for x, y in pairs:
-        d = x - y  # [S, n]: the pairing, per seed and sample
-        estimate += float(d.mean())
-        n = d.shape[1]
-        # a resample of the samples as multinomial counts: the accuracy is a dot product, so all
-        # replicates are one [S, n] x [n, B] product instead of B fancy-indexing passes
-        counts = rng.multinomial(n, np.full(n, 1.0 / n), size=resamples).T.astype(np.float64)  # [n, B]
-        per_seed = d @ counts / n  # [S, B]
-        boot += per_seed[seed_draw, np.arange(resamples)[:, None]].mean(axis=1)
-    estimate /= len(pairs)
-    boot /= len(pairs)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(boot, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high))
+    if len(a) != len(b):
+        raise InputError(None, f"{len(a)} and {len(b)} eval sets to compare", "pass the same eval sets for both")
+    point, boot = paired_accuracies([list(a), list(b)], resamples=resamples, seed=seed)
+    return _percentile_interval(point[0] - point[1], boot[:, 0] - boot[:, 1], confidence)
+
+
+def recovered_share(
+    partial: Sequence[np.ndarray],
+    base: Sequence[np.ndarray],
+    full: Sequence[np.ndarray],
+    *,
+    confidence: float = CONFIDENCE,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """How much of the gap between ``base`` and ``full`` ``partial`` recovers:
+    ``(acc_partial - acc_base) / (acc_full - acc_base)`` over eval sets and seeds, with the
+    two-level paired bootstrap interval (replicates with no gap are left out).
+
+    Args:
+        partial, base, full: per eval set, correctness [S, n_e] as in :func:`paired_difference`.
+
+    Returns:
+        the share (1: all of the gap; NaN where there is no gap) and its interval.
+    """
+    point, boot = paired_accuracies([list(partial), list(base), list(full)], resamples=resamples, seed=seed)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        estimate = (point[0] - point[1]) / (point[2] - point[1]) if point[2] != point[1] else float("nan")
+        ratios = (boot[:, 0] - boot[:, 1]) / (boot[:, 2] - boot[:, 1])
+    ratios = ratios[np.isfinite(ratios)]
+    if not len(ratios):
+        return Interval(float("nan"), float("nan"), float("nan"))
+    return _percentile_interval(estimate, ratios, confidence)
 
 
 def trend(

@@ -77,6 +77,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("train-commands", "oodlab.train.launch:train_commands", _print_commands),
     Command("evaluate", "oodlab.evaluation.evaluate:evaluate"),
     Command("experiment similarity", "oodlab.experiments.similarity:experiment_similarity", _print_table),
+    Command("experiment domains", "oodlab.experiments.domains:experiment_domains", _print_table),
     Command("demo", "oodlab.experiments.demo:demo"),
     Command("report", "oodlab.report.build:report"),
 )

@@ -34,6 +34,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "predictions": ("--predictions", "NAME=FILE: per-sample predictions (key, correct) of eval set NAME (repeat)"),
     "checkpoint": ("--checkpoint", "weights: a file, an open_clip model folder, or an `oodlab train` run folder"),
     "full_run": ("--full-run", "an existing `oodlab train` run reused for the full pool's row"),
+    "full_runs": ("--full-runs", "an experiment folder whose runs/full/seed-{s} (same configuration) are reused for the full pool's row"),
     "labels": ("--labels", "a label file: parquet or CSV with columns key and label (natural, rendition or ambiguous)"),
     "head": ("--head", "a domain classifier: the output folder of `oodlab domains train`"),
     "thresholds": ("--thresholds", "certified per-class thresholds: the output folder of `oodlab domains calibrate`"),

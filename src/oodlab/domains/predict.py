@@ -114,7 +114,8 @@ def domains_predict(
             for column in ("label", "label_strict"):
                 if column in table.column_names:
                     for name, n in table.column(column).to_pandas().value_counts().items():  # categorical: no strings
-                        counts[f"{column}:{name}"] = counts.get(f"{column}:{name}", 0) + int(n)
+                        if n:  # a categorical lists its unused labels too
+                            counts[f"{column}:{name}"] = counts.get(f"{column}:{name}", 0) + int(n)
     if counts["rows"] != source.count:
         raise InputError(run.out, f"holds {counts['rows']} predictions for {source.count} store rows",
                          "re-run with --overwrite")

@@ -225,6 +225,8 @@ def stage_experiment(ctx: DemoContext) -> dict[str, Any]:
 #: hundred of the pool's ~6% renditions), and the rest of the pool to train the head
 DOMAIN_CALIBRATION_LABELS = 4000
 DOMAIN_TARGET = 0.98
+#: renditions added to the natural-only set in the domain experiment, as a share of it
+DOMAIN_ADDED_SHARE = 0.05
 
 
 def stage_domains(ctx: DemoContext) -> dict[str, Any]:
@@ -235,6 +237,7 @@ def stage_domains(ctx: DemoContext) -> dict[str, Any]:
     from oodlab.domains.head import domains_train
     from oodlab.domains.labels import write_labels
     from oodlab.domains.predict import domains_predict
+    from oodlab.experiments.domains import experiment_domains
 
     out = ctx.out / "domains"
     truth = _ground_truth(ctx.world, ["dataset", "key", "style"])
@@ -255,10 +258,25 @@ def stage_domains(ctx: DemoContext) -> dict[str, Any]:
     composed = domains_compose({n: out / "predictions" / n for n in datasets}, out / "composition",
                                labels=out / "labels" / "calibration.parquet")
     checks = domain_checks(out, truth, datasets, calibrated["thresholds"], composed["rows"])
+    result = {"domains": str(out), "validation": trained["validation"], "thresholds": calibrated["thresholds"],
+              "checks": checks["rows"]}
     for text in (composed["markdown"], checks["markdown"]):
         console.print(text, soft_wrap=True, markup=False)
-    return {"domains": str(out), "validation": trained["validation"], "thresholds": calibrated["thresholds"],
-            "checks": checks["rows"]}
+    if task != "3-class":  # natural-only needs a natural class (a world without ambiguous images has none)
+        return result
+    # the training experiment: the full pool's runs are the ICLR stage's (same schedule and seeds)
+    counts = read_json(out / "predictions" / "pool" / "manifest.json")["counts"]
+    n_natural = counts.get("label_strict:natural", counts.get("label:natural", 0))
+    experiment = experiment_domains([ctx.world / "pool"], out / "predictions" / "pool",
+                                    {n: ctx.world / "eval" / n for n in EVAL_SETS},
+                                    {n: out / "predictions" / n for n in EVAL_SETS}, out / "experiment", model=ctx.model,
+                                    additions=[max(1, round(DOMAIN_ADDED_SHARE * n_natural))],
+                                    epochs=ctx.experiment_epochs, seed=ctx.seed, seeds=ctx.experiment_seeds,
+                                    full_runs=ctx.out / "experiment", per_shard=1000, parallel=2)
+    for text in (experiment["table_md"], experiment["claims_md"]):
+        console.print(text, soft_wrap=True, markup=False)
+    return {**result, "table": experiment["table"],
+            "verdicts": {f"{c['claim']} ({c['scope']})": c["verdict"] for c in experiment["claims"]}}
 
 
 def domain_checks(out: Path, truth: Any, datasets: dict[str, str], thresholds: dict[str, Any],

@@ -25,13 +25,12 @@ Every step is resumable: a re-run skips what is complete (each tool keeps its ow
 from __future__ import annotations
 
 import logging
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from oodlab.analysis.claims import claims_table
 from oodlab.experiments.outcomes import RESULTS, Outcomes, load_outcomes
+from oodlab.experiments.runs import TrainingSet, fit_rows
 from oodlab.experiments.tables import TITLES, similarity_table
 from oodlab.utils.atomic import write_json, write_text
 from oodlab.utils.errors import InputError
@@ -146,11 +145,8 @@ def experiment_similarity(
         table, ``claims`` and ``claims_md`` the claims table.
     """
     from oodlab.data.sources import shard_paths
-    from oodlab.evaluation.evaluate import evaluate
-    from oodlab.models.checkpoints import final_checkpoint
     from oodlab.subsets.reshard import subset
     from oodlab.train.config import defaults_for
-    from oodlab.train.run import train
 
     if seeds < 1:
         raise InputError(None, f"seeds must be >= 1, got {seeds}", "pass --seeds 3 (or more) for intervals")
@@ -174,48 +170,24 @@ def experiment_similarity(
     out = run.out
     with Timer() as timer:
         lists = _key_lists(neighbors, out, names, sets, seed)
-        jobs = {}  # training set -> (data, size, removed)
+        jobs: dict[str, TrainingSet] = {}
         for name, keys in lists.items():
             if keys is None:
-                jobs[name] = (pool, _pool_size(pool), 0)
+                reuse = {seed: Path(full_run)} if (name == "full" and full_run is not None) else None
+                jobs[name] = TrainingSet(pool, _pool_size(pool), 0, reuse)
             else:
                 # the key lists are small and copied in a second: in this process, no worker start-up
                 manifest = subset(keys / "kept.parquet", pool, out / "shards" / name, per_shard=per_shard, workers=0)
-                jobs[name] = ([out / "shards" / name], manifest["counts"]["written"], _count(keys / "removed.parquet"))
+                jobs[name] = TrainingSet([out / "shards" / name], manifest["counts"]["written"],
+                                         _count(keys / "removed.parquet"))
         seed_list = [seed + i for i in range(seeds)]
-        threads = max(1, (os.cpu_count() or 1) // parallel) if parallel > 1 else None
         if epochs is None:  # the full pool's default, for every row: the papers train each subset
             # for the same epochs, and a smaller set must not get more passes than the pool
             epochs = defaults_for(model).epochs_for(_pool_size(pool))
-
-        def reused(name: str, s: int) -> bool:
-            return name == "full" and full_run is not None and s == seed
-
-        def fit(job: tuple[str, int]) -> dict[str, Any]:
-            """Train (a finished run is returned as is, an interrupted one resumed), then evaluate
-            right away: the evaluation fills the time another run leaves a core idle."""
-            name, s = job
-            folder = Path(full_run) if reused(name, s) else out / "runs" / name / f"seed-{s}"
-            if not reused(name, s):
-                train(jobs[name][0], folder, model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=s,
-                      workers=workers, threads=threads, device=device)
-            # with runs side by side, this thread must not fork DataLoader workers (a fork while
-            # another thread holds a lock can deadlock the child): evaluation decodes in-process
-            evaluate(final_checkpoint(folder), dict(eval_data), out / "eval" / name / f"seed-{s}", model=model,
-                     device=device, workers=workers if parallel <= 1 else 0)
-            label = final_checkpoint(folder).stem
-            return {"run": str(folder), "checkpoint": str(final_checkpoint(folder)),
-                    "predictions": {n: f"eval/{name}/seed-{s}/{label}/{n}/predictions.parquet" for n in names}}
-
-        # largest first, seeds interleaved: the pool of runs stays busy to the end
-        order = sorted(((n, s) for n in jobs for s in seed_list), key=lambda j: (-jobs[j[0]][1], j[1]))
-        with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool_of_runs:
-            fitted = dict(zip(order, pool_of_runs.map(fit, order)))
+        rows = fit_rows(jobs, eval_data, out, seeds=seed_list, model=model, epochs=epochs, batch_size=batch_size,
+                        lr=lr, workers=workers, parallel=parallel, device=device)
         results = {"eval_sets": names, "seeds": seed_list, "neighbors": str(neighbors), "model": model,
-                   "epochs": epochs, "rows": [
-                       {"training_set": name, "size": size, "removed": removed,
-                        "seeds": {str(s): fitted[(name, s)] for s in seed_list}}
-                       for name, (_, size, removed) in jobs.items()]}
+                   "epochs": epochs, "rows": rows}
         write_json(out / RESULTS, results)
         pruned = _pruned_table(out, names, _pool_size(pool))
         outcomes = load_outcomes(out)

@@ -158,7 +158,8 @@ def _experiment_tables(page: Page) -> str | None:
 
 def _domains(page: Page) -> str | None:
     folder = page.folder / "domains"
-    files = [f for f in (folder / "composition" / "compose.md", folder / "checks.md") if f.is_file()]
+    files = [f for f in (folder / "composition" / "compose.md", folder / "checks.md", folder / "experiment" / "table.md",
+                         folder / "experiment" / "claims.md") if f.is_file()]
     if not files:
         return None
     curves = sorted((folder / "calibration").glob("curve_*.png"))
