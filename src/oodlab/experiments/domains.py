@@ -169,6 +169,8 @@ def experiment_domains(
     from oodlab.subsets.reshard import subset
     from oodlab.train.config import defaults_for
 
+    if seeds < 1:
+        raise InputError(None, f"seeds must be >= 1, got {seeds}", "pass --seeds 3 (or more) for intervals")
     names = check_names(eval_data, "eval set")
     unknown = [n for n in names if n not in INTENDED or n not in datasets]
     if unknown:
