@@ -238,3 +238,43 @@ def test_mixtures_have_exact_counts_nested_draws_and_controls(tmp_path):
     assert (tmp_path / "mix" / "mix-a-1to1" / "kept.parquet").read_bytes() == (tmp_path / "mix2" / "mix-a-1to1" / "kept.parquet").read_bytes()
     with pytest.raises(InputError, match="needs 500"):
         domains_mix(tmp_path / "nat.parquet", tmp_path / "ren.parquet", tmp_path / "mix3", additions=[500])
+
+
+def test_label_page_in_headless_chromium(pool_store, tiny_world, tmp_path):
+    """The labelling page: a sample stratified by rendition score, keys label and move, the
+    export is a label file the other commands read; no console errors, every image loads."""
+    import shutil
+
+    import pyarrow as pa
+
+    from oodlab.domains.label_page import domains_label_page
+    from oodlab.domains.labels import read_labels
+
+    root, truth = pool_store
+    pq.write_table(pa.table({"key": truth.key.tolist()}), tmp_path / "keys.parquet")
+    manifest = domains_label_page(tmp_path / "keys.parquet", [tiny_world / "pool"], tmp_path / "page",
+                                  domain_predictions=root / "pred", sample=30, seed=1)
+    assert len(manifest["keys"]) == 30 and set(manifest["keys"]) <= set(truth.key)
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        pytest.skip("no chromium on this machine: `apt-get install chromium` (.ci/run does) to test the page in a browser")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+    errors: list[str] = []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((tmp_path / "page" / "index.html").as_uri())
+            page.wait_for_load_state("load")
+            broken = page.eval_on_selector_all("img.thumb", "els => els.filter(e => !e.complete || !e.naturalWidth).length")
+            for key in ("r", "n", "ArrowRight", "3"):
+                page.keyboard.press(key)
+            csv = page.evaluate("window.exportCsv()")
+        finally:
+            browser.close()
+    assert errors == [] and broken == 0
+    (tmp_path / "labels.csv").write_text(csv)
+    first = manifest["keys"]
+    assert read_labels(tmp_path / "labels.csv") == {first[0]: 1, first[1]: 0, first[3]: 2}

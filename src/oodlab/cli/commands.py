@@ -73,6 +73,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("domains clean", "oodlab.domains.clean:domains_clean"),
     Command("domains keywords", "oodlab.domains.keywords:domains_keywords"),
     Command("domains mix", "oodlab.domains.mix:domains_mix"),
+    Command("domains label-page", "oodlab.domains.label_page:domains_label_page"),
     Command("train", "oodlab.train.run:train"),
     Command("train-commands", "oodlab.train.launch:train_commands", _print_commands),
     Command("evaluate", "oodlab.evaluation.evaluate:evaluate"),

@@ -43,6 +43,7 @@ GLOSSARY: dict[str, tuple[str, str]] = {
     "domain": ("--domain", "a domain: natural or rendition"),
     "strict": ("--strict", "use the calibrated (strict) labels instead of the argmax"),
     "words": ("--word", "a domain word matched as a whole word in captions (repeat; default: the built-in list)"),
+    "sample": ("--sample", "how many images to sample"),
     "natural": ("--natural", "a key list of natural samples (from `oodlab domains subset --domain natural`)"),
     "rendition": ("--rendition", "a key list of renditions (from `oodlab domains subset --domain rendition`)"),
     "total": ("--total", "the fixed size of each ratio mixture (and of the natural set of the added-renditions mixtures)"),
