@@ -278,3 +278,31 @@ def test_label_page_in_headless_chromium(pool_store, tiny_world, tmp_path):
     (tmp_path / "labels.csv").write_text(csv)
     first = manifest["keys"]
     assert read_labels(tmp_path / "labels.csv") == {first[0]: 1, first[1]: 0, first[3]: 2}
+
+
+def test_keywords_on_a_store_against_a_direct_word_check(pool_store, tmp_path):
+    """Every caption of the store, flagged part by part, against a token check written out here
+    (punctuation and hyphens to spaces, then whole-token phrase search), and the score against
+    the ground truth counted directly."""
+    import re
+
+    from oodlab.domains.keywords import RENDITION_WORDS, domains_keywords
+
+    root, truth = pool_store
+    label = np.where(truth.domain == "real", "natural", "rendition")
+    write_labels(tmp_path / "truth.parquet", truth.key.tolist(), label.tolist())
+    manifest = domains_keywords(root / "pool", tmp_path / "kw", labels=tmp_path / "truth.parquet")
+    flags = pq.read_table(tmp_path / "kw" / "flags.parquet").to_pandas()
+    store = EmbeddingStore(root / "pool")
+    assert len(flags) == store.count and flags.key.tolist() == store.read_all()[1].astype(str).tolist()
+
+    def direct(caption):
+        text = " " + re.sub(r"[^0-9a-z]+", " ", (caption or "").lower()) + " "
+        return any(" " + re.sub(r"[^0-9a-z]+", " ", w) + " " in text for w in RENDITION_WORDS)
+
+    expected = np.array([direct(c) for c in flags.caption])
+    assert (flags.flagged.to_numpy() == expected).all() and expected.any()
+    is_rendition = dict(zip(truth.key, label == "rendition"))
+    r = np.array([is_rendition[k] for k in flags.key])
+    assert manifest["score"]["precision"] == pytest.approx((expected & r).sum() / expected.sum())
+    assert manifest["score"]["recall"] == pytest.approx((expected & r).sum() / r.sum())

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
-from oodlab.domains.model import prediction_parts
+from oodlab.domains.model import read_predictions
 from oodlab.utils.atomic import write_parquet
 from oodlab.utils.errors import InputError
 from oodlab.utils.names import check_names
@@ -70,7 +70,6 @@ def domains_clean(
         the manifest (``counts`` per set).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     names = check_names(eval_data, "eval set")
     missing = [n for n in names if n not in datasets]
@@ -89,9 +88,8 @@ def domains_clean(
     counts = {}
     for name in names:
         root, keep_domain = Path(eval_data[name]), INTENDED[name]
-        tables = [pq.read_table(p, columns=["key", column]) for p in prediction_parts(datasets[name])]
-        keys = [k for t in tables for k in t.column("key").to_pylist()]
-        labels = [x for t in tables for x in t.column(column).to_pylist()]
+        predicted = read_predictions(datasets[name], [column])
+        keys, labels = predicted.key.tolist(), predicted[column].tolist()
         removed = {"key": [], "label": []}
         kept_classes, all_classes = set(), set()
         for key, label in zip(keys, labels):

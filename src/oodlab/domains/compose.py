@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from oodlab.domains.labels import DOMAINS, read_labels
-from oodlab.domains.model import prediction_parts
+from oodlab.domains.model import label_counts, prediction_parts
 from oodlab.utils.artifacts import write_csv
 from oodlab.utils.atomic import write_text
 from oodlab.utils.errors import InputError
@@ -35,17 +35,6 @@ from oodlab.utils.progress import summary
 from oodlab.utils.runs import RunFolder, fingerprint
 
 RESAMPLES = 1000
-
-
-def _labels_of(predictions: Path, column: str) -> tuple[np.ndarray, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    keys, labels = [], []
-    for path in prediction_parts(predictions):
-        table = pq.read_table(path, columns=["key", column])
-        keys.append(table.column("key").to_numpy(zero_copy_only=False).astype(str))
-        labels.append(table.column(column).to_numpy(zero_copy_only=False).astype(str))
-    return (np.concatenate(keys), np.concatenate(labels)) if keys else (np.zeros(0, str), np.zeros(0, str))
 
 
 def simplex_solve(m: np.ndarray, q: np.ndarray) -> np.ndarray:
@@ -145,32 +134,32 @@ def domains_compose(
         first = prediction_parts(predictions[name])
         has_strict = bool(first) and "label_strict" in pq.read_schema(first[0]).names
         columns[name] = ["label"] + (["label_strict"] if has_strict else [])
-    read = {(n, c): _labels_of(Path(predictions[n]), c) for n in names for c in columns[n]}
     truth = read_labels(labels) if labels is not None else None
+    read = {(n, c): label_counts(predictions[n], c, truth or ()) for n in names for c in columns[n]}
+    samples: dict[str, dict[str, str]] = {}  # labelling -> the labelled keys' predictions, from any dataset
+    for (_, column), (_, found) in read.items():
+        samples.setdefault(column, {}).update(found)
     rows = []
-    for (name, column), (keys, predicted) in read.items():
-        pred_names = sorted(set(predicted))
-        q = np.array([(predicted == p).mean() for p in pred_names]) if len(predicted) else np.zeros(len(pred_names))
-        for p, share in zip(pred_names, q):
+    for (name, column), (counts, _) in read.items():
+        pred_names = sorted(counts)
+        total = sum(counts.values())
+        for p in pred_names:
             rows.append({"dataset": name, "labelling": "strict" if column == "label_strict" else "argmax",
-                         "kind": "predicted", "label": p, "count": int((predicted == p).sum()), "share": float(share),
+                         "kind": "predicted", "label": p, "count": counts[p], "share": counts[p] / max(total, 1),
                          "low": None, "high": None})
         if truth is None:
             continue
-        sample = {}  # the labelled keys' predictions under this labelling, from any dataset
-        for (other, other_column), (okeys, opred) in read.items():
-            if other_column == column:
-                sample.update({k: v for k, v in zip(okeys, opred) if k in truth})
+        sample = samples[column]
         if len(sample) < len(truth):
             raise InputError(labels, f"labels {len(truth) - len(sample)} keys that no prediction folder holds",
                              "label samples of the predicted datasets")
         true_names = [d for d in DOMAINS if d in {DOMAINS[truth[k]] for k in sample}]
         sample_keys = list(sample)
         pred_all = sorted(set(pred_names) | set(sample.values()))
-        q_all = np.array([(predicted == p).mean() for p in pred_all])
+        q_all = np.array([counts.get(p, 0) / max(total, 1) for p in pred_all])
         est, low, high = adjusted_shares(np.array([sample[k] for k in sample_keys]),
                                          np.array([DOMAINS[truth[k]] for k in sample_keys]), q_all, pred_all, true_names,
-                                         n=len(predicted), confidence=confidence)
+                                         n=total, confidence=confidence)
         for j, d in enumerate(true_names):
             rows.append({"dataset": name, "labelling": "strict" if column == "label_strict" else "argmax",
                          "kind": "estimated true", "label": d, "count": None, "share": _number(est[j]),

@@ -19,7 +19,6 @@ from typing import Any, Sequence
 import numpy as np
 
 from oodlab.domains.labels import DOMAINS, read_labels
-from oodlab.utils.atomic import write_parquet
 from oodlab.utils.errors import InputError
 from oodlab.utils.progress import summary
 from oodlab.utils.runs import RunFolder, fingerprint
@@ -72,15 +71,17 @@ def domains_keywords(
         the manifest (``counts``; ``score`` with labels).
     """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from oodlab.embeddings.store import EmbeddingStore
+    from oodlab.subsets.keylists import KeyListWriter
 
     chosen = list(words or RENDITION_WORDS)
     word_pattern(chosen)
     source = EmbeddingStore(store)
-    meta = source.read_metadata()
-    if "caption" not in meta.columns:
-        raise InputError(store, f"has no caption metadata (columns: {list(meta.columns)[:8]})",
+    names = pq.read_schema(source.parts[0].meta_path).names if source.parts else []
+    if "caption" not in names:
+        raise InputError(store, f"has no caption metadata (columns: {names[:8]})",
                          "embed the shards with --text, or pass a store whose metadata holds captions")
     run = RunFolder(out, "domains keywords", inputs={"store": fingerprint(store),
                                                      "labels": None if labels is None else fingerprint(labels)},
@@ -88,21 +89,33 @@ def domains_keywords(
     done = run.open(overwrite)
     if done is not None:
         return done
-    keys = meta[source.key_column].astype(str).tolist()
-    captions = [None if c is None or c != c else str(c) for c in meta["caption"].tolist()]
-    matched = match_captions(captions, chosen)
-    flagged = np.array([m is not None for m in matched])
-    write_parquet(run.out / "flags.parquet", pa.table({"key": keys, "caption": pa.array(captions, pa.string()),
-                                                       "matched": pa.array(matched, pa.string()), "flagged": flagged}))
-    counts = {"samples": len(keys), "flagged": int(flagged.sum())}
-    score = None
-    if labels is not None:
-        truth = read_labels(labels)
-        known = np.array([k in truth for k in keys])
-        is_rendition = np.array([truth.get(k) == DOMAINS.index("rendition") for k in keys])
-        tp = int((flagged & is_rendition & known).sum())
-        score = {"labelled": int(known.sum()), "precision": tp / max(int((flagged & known).sum()), 1),
-                 "recall": tp / max(int((is_rendition & known).sum()), 1)}
+    truth = read_labels(labels) if labels is not None else None
+    rendition = DOMAINS.index("rendition")
+    tally = {"samples": 0, "flagged": 0, "labelled": 0, "tp": 0, "flagged_labelled": 0, "renditions": 0}
+    schema = pa.schema([("key", pa.string()), ("caption", pa.string()), ("matched", pa.string()), ("flagged", pa.bool_())])
+    # part by part: memory is one part's captions, never the store's
+    with KeyListWriter(run.out / "flags.parquet", schema) as writer:
+        for part in source.parts:
+            meta = pq.read_table(part.meta_path, columns=[source.key_column, "caption"]).to_pandas()
+            keys = meta[source.key_column].astype(str).tolist()
+            captions = [None if c is None or c != c else str(c) for c in meta["caption"].tolist()]
+            matched = match_captions(captions, chosen)
+            flagged = np.array([m is not None for m in matched], bool)
+            writer.write({"key": pa.array(keys, pa.string()), "caption": pa.array(captions, pa.string()),
+                          "matched": pa.array(matched, pa.string()), "flagged": pa.array(flagged)})
+            tally["samples"] += len(keys)
+            tally["flagged"] += int(flagged.sum())
+            if truth is not None:
+                known = np.array([k in truth for k in keys], bool)
+                is_rendition = np.array([truth.get(k) == rendition for k in keys], bool)
+                tally["labelled"] += int(known.sum())
+                tally["tp"] += int((flagged & is_rendition & known).sum())
+                tally["flagged_labelled"] += int((flagged & known).sum())
+                tally["renditions"] += int((is_rendition & known).sum())
+    counts = {"samples": tally["samples"], "flagged": tally["flagged"]}
+    score = None if truth is None else {
+        "labelled": tally["labelled"], "precision": tally["tp"] / max(tally["flagged_labelled"], 1),
+        "recall": tally["tp"] / max(tally["renditions"], 1)}
     manifest = run.finish(counts=counts, outputs={"flags": "flags.parquet"}, score=score)
     extra = "" if score is None else f"; rendition precision {score['precision']:.3f}, recall {score['recall']:.3f}"
     summary(f"domains keywords: {counts['flagged']:,} of {counts['samples']:,} captions name a rendition{extra} -> {run.out}")

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from oodlab.data.lookup import read_images
-from oodlab.domains.model import prediction_parts
+from oodlab.domains.model import read_predictions
 from oodlab.subsets.keylists import read_keys
 from oodlab.utils.artifacts import data_uri
 from oodlab.utils.atomic import write_text
@@ -116,19 +116,13 @@ def domains_label_page(
     Returns:
         the manifest (``keys``: the sampled keys, in page order).
     """
-    import pyarrow.parquet as pq
-
     if sample < 1:
         raise InputError(None, f"sample must be >= 1, got {sample}", "pass --sample 200")
     candidates = np.asarray(read_keys(keys)).astype(str)
     scores = None
     if domain_predictions is not None:
-        score = {}
-        for path in prediction_parts(domain_predictions):
-            t = pq.read_table(path)
-            if "p_rendition" not in t.column_names:
-                raise InputError(path, "has no p_rendition column", "predict with a head that has a rendition class")
-            score.update(zip(t.column("key").to_pylist(), t.column("p_rendition").to_pylist()))
+        predicted = read_predictions(domain_predictions, ["p_rendition"])
+        score = dict(zip(predicted.key, predicted.p_rendition))
         scores = np.array([score.get(k, np.nan) for k in candidates])
         if np.isnan(scores).any():
             raise InputError(domain_predictions, f"has no prediction for {int(np.isnan(scores).sum())} of the keys",

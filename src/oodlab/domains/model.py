@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Collection, Sequence
 
 import numpy as np
 
@@ -68,3 +69,45 @@ def prediction_parts(predictions: str | Path) -> list[Path]:
     if not (folder / "manifest.json").is_file():
         raise InputError(folder, "is not a finished `oodlab domains predict` run", "run or finish `oodlab domains predict`")
     return sorted(folder.glob("part_*.parquet"))
+
+
+def read_predictions(predictions: str | Path, columns: Sequence[str]) -> Any:
+    """``key`` and ``columns`` of every part of an ``oodlab domains predict`` folder, in store
+    order, as one pandas DataFrame (labels as strings): for datasets that fit in memory (eval
+    sets, a labelling candidate list); :func:`label_counts` streams.
+
+    Raises:
+        InputError: the folder is not a finished run, or lacks a column.
+    """
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    frames = []
+    for path in prediction_parts(predictions):
+        names = pq.read_schema(path).names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise InputError(path, f"has no column {missing} (columns: {names})",
+                             "predict with --thresholds for strict labels, with a head that has this class")
+        frame = pq.read_table(path, columns=["key", *columns]).to_pandas()
+        frames.append(frame.astype({c: str for c in columns if c.startswith("label")}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", *columns])
+
+
+def label_counts(predictions: str | Path, column: str, wanted: Collection[str] = ()) -> tuple[dict[str, int], dict[str, str]]:
+    """Streamed part by part (memory: one part): how many samples carry each label of ``column``,
+    and the labels of the ``wanted`` keys found (a labelled sample's)."""
+    import pyarrow.parquet as pq
+
+    counts: dict[str, int] = {}
+    found: dict[str, str] = {}
+    wanted = set(wanted)
+    for path in prediction_parts(predictions):
+        frame = pq.read_table(path, columns=["key", column]).to_pandas()
+        for name, n in frame[column].value_counts().items():
+            if n:  # a categorical lists its unused labels too
+                counts[str(name)] = counts.get(str(name), 0) + int(n)
+        if wanted:
+            hit = frame[frame.key.isin(wanted)]
+            found.update(zip(hit.key, hit[column].astype(str)))
+    return counts, found

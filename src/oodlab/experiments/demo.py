@@ -284,17 +284,14 @@ def domain_checks(out: Path, truth: Any, datasets: dict[str, str], thresholds: d
     """The domain study's claims checked against the world's ground truth (``checks.md``):
     the strict labels' precision per class over the whole pool against the target, and whether
     each dataset's estimated true share lies in its interval."""
-    import pandas as pd
-    import pyarrow.parquet as pq
-
+    from oodlab.domains.model import read_predictions
     from oodlab.utils.atomic import write_text
 
     rows = []
     for name, dataset in datasets.items():
         mine = truth[truth.dataset == dataset]
         style = dict(zip(mine.key, mine["style"]))
-        predicted = pd.concat([pq.read_table(p, columns=["key", "label_strict"]).to_pandas()
-                               for p in sorted((out / "predictions" / name).glob("part_*.parquet"))])
+        predicted = read_predictions(out / "predictions" / name, ["label_strict"])
         true = predicted.key.map(style)
         if name == "pool":
             for cls, record in thresholds.items():

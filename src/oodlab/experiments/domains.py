@@ -27,6 +27,7 @@ from oodlab.analysis.claims import Claim, at_least, claims_table, within
 from oodlab.analysis.intervals import CONFIDENCE, finite, paired_difference, recovered_share, seed_interval
 from oodlab.experiments.outcomes import RESULTS, Outcomes, load_outcomes
 from oodlab.experiments.runs import TrainingSet, fit_rows
+from oodlab.experiments.tables import difference_cell, interval_cell
 from oodlab.utils.atomic import write_json, write_text
 from oodlab.utils.errors import InputError
 from oodlab.utils.names import check_names
@@ -92,15 +93,10 @@ DOMAIN_CLAIMS: dict[str, Claim] = {
 
 
 def _clean_mask(predictions: Path, keys: np.ndarray, domain: str) -> np.ndarray:
-    import pyarrow.parquet as pq
+    from oodlab.domains.model import read_predictions
 
-    from oodlab.domains.model import prediction_parts
-
-    column = "label"
-    label = {}
-    for path in prediction_parts(predictions):
-        t = pq.read_table(path, columns=["key", column])
-        label.update(zip(t.column("key").to_pylist(), t.column(column).to_pylist()))
+    predicted = read_predictions(predictions, ["label"])
+    label = dict(zip(predicted.key, predicted.label))
     missing = [k for k in keys if k not in label]
     if missing:
         raise InputError(predictions, f"has no prediction for {len(missing)} evaluated samples (e.g. {missing[:3]})",
@@ -282,12 +278,8 @@ def domain_table(o: DomainOutcomes, out: str | Path | None = None) -> dict[str, 
         cells = []
         for t in titles:
             c = r["columns"][t]
-            text = f"{100 * c['estimate']:.1f}" + ("" if c["low"] is None else f" ± {50 * (c['high'] - c['low']):.1f}")
-            if "difference" in c:
-                d = c["difference"]
-                text += (f" ({100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
-                         f"{'*' if d['significant'] else ''})")
-            cells.append(text)
+            text = interval_cell(c["estimate"], c["low"], c["high"])
+            cells.append(f"{text} ({difference_cell(c['difference'])})" if "difference" in c else text)
         lines.append(f"| {r['training_set']} | {r['size']:,} | " + " | ".join(cells) + " |")
     markdown = "\n".join(lines) + "\n"
     if out is not None:

@@ -25,11 +25,13 @@ def points(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}"
 
 
-def _cell(mean: float, low: float | None, high: float | None) -> str:
+def interval_cell(mean: float, low: float | None, high: float | None) -> str:
+    """A table cell: the mean in points ± the interval's half-width (the mean alone without one)."""
     return points(mean) if low is None or high is None else f"{points(mean)} ± {100 * (high - low) / 2:.1f}"
 
 
-def _difference(d: dict[str, Any]) -> str:
+def difference_cell(d: dict[str, Any]) -> str:
+    """A paired difference in points with its interval, ``*`` where the interval excludes 0."""
     mark = "*" if d["significant"] else ""
     return f"{100 * d['estimate']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]{mark}"
 
@@ -73,8 +75,8 @@ def _markdown(rows: list[dict[str, Any]], names: list[str], n_seeds: int, full: 
         cells = []
         for e in names:
             t = r["top1"][e]
-            cell = _cell(t["estimate"], t["low"], t["high"])
-            cells.append(cell if is_base else f"{cell} ({_difference(r['difference'][e])})")
+            cell = interval_cell(t["estimate"], t["low"], t["high"])
+            cells.append(cell if is_base else f"{cell} ({difference_cell(r['difference'][e])})")
         lines.append(f"| {label} | {size} | " + " | ".join(cells) + " |")
     pct = round(100 * CONFIDENCE)
     head = (f"Zero-shot top-1 (%) of CLIP trained on each training set: mean over {n_seeds} seed(s) "
