@@ -1,12 +1,14 @@
 """How sure a number is: intervals over training seeds and over test samples.
 
-Three statistics back every table and claim of an experiment:
+The statistics behind every table and claim of an experiment:
 
 * :func:`seed_interval`: a row's mean accuracy over its training seeds with a Student-t 95%
   interval (the seeds are independent runs; the test set is fixed).
 * :func:`paired_difference`: one training set's accuracy minus another's, *paired* (the same
   seeds, the same test samples), with a bootstrap interval that resamples both the seeds and the
   test samples, so the interval holds the run-to-run variation and the finite test set.
+* :func:`recovered_share`: how much of the gap between two training sets a third recovers, with
+  the same paired bootstrap (:func:`paired_accuracies` draws the replicates for both).
 * :func:`trend`: Spearman's rank correlation of per-sample correctness with nearest-neighbour
   similarity, with a percentile bootstrap interval over test samples.
 

@@ -94,6 +94,14 @@ def read_predictions(predictions: str | Path, columns: Sequence[str]) -> Any:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["key", *columns])
 
 
+def add_counts(counts: dict[str, int], labels: Any, prefix: str = "") -> None:
+    """Add how many samples carry each label (a pandas Series, categorical or strings) to
+    ``counts`` under ``prefix + label``; unused categories are not counted."""
+    for name, n in labels.value_counts().items():
+        if n:  # a categorical lists its unused labels too
+            counts[f"{prefix}{name}"] = counts.get(f"{prefix}{name}", 0) + int(n)
+
+
 def label_counts(predictions: str | Path, column: str, wanted: Collection[str] = ()) -> tuple[dict[str, int], dict[str, str]]:
     """Streamed part by part (memory: one part): how many samples carry each label of ``column``,
     and the labels of the ``wanted`` keys found (a labelled sample's)."""
@@ -104,9 +112,7 @@ def label_counts(predictions: str | Path, column: str, wanted: Collection[str] =
     wanted = set(wanted)
     for path in prediction_parts(predictions):
         frame = pq.read_table(path, columns=["key", column]).to_pandas()
-        for name, n in frame[column].value_counts().items():
-            if n:  # a categorical lists its unused labels too
-                counts[str(name)] = counts.get(str(name), 0) + int(n)
+        add_counts(counts, frame[column])
         if wanted:
             hit = frame[frame.key.isin(wanted)]
             found.update(zip(hit.key, hit[column].astype(str)))

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from oodlab.domains.model import HEAD, THRESHOLDS, DomainHead, read_thresholds
+from oodlab.domains.model import HEAD, THRESHOLDS, DomainHead, add_counts, read_thresholds
 from oodlab.utils.atomic import write_parquet
 from oodlab.utils.errors import InputError
 from oodlab.utils.progress import Timer, summary
@@ -112,10 +112,8 @@ def domains_predict(
                 write_parquet(path, table)
             counts["rows"] += table.num_rows
             for column in ("label", "label_strict"):
-                if column in table.column_names:
-                    for name, n in table.column(column).to_pandas().value_counts().items():  # categorical: no strings
-                        if n:  # a categorical lists its unused labels too
-                            counts[f"{column}:{name}"] = counts.get(f"{column}:{name}", 0) + int(n)
+                if column in table.column_names:  # categorical: counted without a string per row
+                    add_counts(counts, table.column(column).to_pandas(), f"{column}:")
     if counts["rows"] != source.count:
         raise InputError(run.out, f"holds {counts['rows']} predictions for {source.count} store rows",
                          "re-run with --overwrite")
